@@ -1,0 +1,213 @@
+"""``odeint_adjoint``: gradients from one backward solve of the adjoint system.
+
+The backward pass integrates the augmented state ``[z, λ, a_θ]`` from the last requested time to
+the first:
+
+    dz/dt   =  f(z, θ, t)
+    dλ/dt   = -λ ∂f/∂z          (the adjoint equation)
+    da_θ/dt = -λ ∂f/∂θ          (a_θ starts at 0, so a_θ(t0) = ∫ λ ∂f/∂θ dt = dL/dθ)
+
+Both products with λ are vector–Jacobian products: one reverse-mode pass through ``f`` gives them,
+and no Jacobian is ever formed. At every requested time t_i the jump ∂L/∂z(t_i) is added to λ and
+z is re-anchored to the value the forward pass stored there. The gradients with respect to the
+times are dL/dt_i = ∂L/∂z(t_i) · f(z(t_i), t_i) for each output time and
+dL/dt_0 = -λ(t_0) · f(z(t_0), t_0) for the initial time.
+
+Introduced in the chapter "The adjoint algorithm"; the time gradients in "Gradients with respect
+to t0, t1 and the observation times".
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .odeint import check_inputs
+from .options import SolverSettings, make_settings
+from .solve import integrate
+from .stats import SolveStats, StepCounter, _set_last
+
+
+class AugmentedDynamics:
+    """The right-hand side of the backward solve, on the flat state ``[z, λ, a_θ]``.
+
+    **Arguments:**
+
+    - `func`: the forward vector field ``func(t, z)``.
+    - `shape`: the shape of ``z`` (and of ``λ``).
+    - `params`: the parameters θ whose gradient accumulates in ``a_θ``.
+
+    Calling it with ``(t, state)`` returns ``d state / dt``; each call costs one evaluation of
+    ``func`` and one vector–Jacobian product.
+    """
+
+    def __init__(self, func: Callable, shape: torch.Size, params: Sequence[torch.Tensor]):
+        self.func = func
+        self.shape = shape
+        self.params = tuple(params)
+        self.n = shape.numel()
+
+    def split(self, state: torch.Tensor):
+        """View the flat state as ``(z, λ, a_θ)``."""
+        n = self.n
+        return state[:n].view(self.shape), state[n:2 * n].view(self.shape), state[2 * n:]
+
+    def __call__(self, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        z, lam, _ = self.split(state)
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            f = self.func(t, z)
+            inputs = (z,) + self.params
+            if f.requires_grad:
+                # -λ as grad_outputs gives -λ ∂f/∂z and -λ ∂f/∂θ directly
+                vjps = torch.autograd.grad(f, inputs, grad_outputs=-lam, allow_unused=True)
+            else:
+                vjps = (None,) * len(inputs)
+        parts = [f.detach().reshape(-1)]
+        for x, g in zip(inputs, vjps):
+            parts.append(torch.zeros(x.numel(), dtype=state.dtype, device=state.device) if g is None
+                         else g.reshape(-1).to(state.dtype))
+        return torch.cat(parts)
+
+
+class _OdeintAdjointFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, func, settings, adjoint_settings, stats, y0, t, *params):
+        counter = StepCounter()
+        try:
+            with torch.no_grad():
+                ys = integrate(func, y0, t, settings, counter)
+        finally:
+            stats.nfe_forward += counter.nfe
+            stats.steps_accepted_forward += counter.accepted
+            stats.steps_rejected_forward += counter.rejected
+        ctx.func, ctx.adjoint_settings, ctx.stats, ctx.params = func, adjoint_settings, stats, params
+        ctx.save_for_backward(t, ys)
+        return ys
+
+    @staticmethod
+    def backward(ctx, grad_ys):
+        if torch.is_grad_enabled():
+            raise ValueError(
+                "odeint_adjoint does not give higher-order gradients (create_graph=True was asked for); "
+                "use helpers.odeint, which backpropagates through the solver and supports them"
+            )
+        t, ys = (x.detach() for x in ctx.saved_tensors)
+        func, settings, stats, params = ctx.func, ctx.adjoint_settings, ctx.stats, ctx.params
+        need_y0, need_t = ctx.needs_input_grad[4], ctx.needs_input_grad[5]
+        dynamics = AugmentedDynamics(func, ys.shape[1:], params)
+        n = dynamics.n
+        counter = StepCounter()
+        error_numel = 2 * n if settings.norm == "seminorm" else None
+
+        lam = grad_ys[-1]
+        a_theta = torch.zeros(sum(p.numel() for p in params), dtype=ys.dtype, device=ys.device)
+        grad_t = torch.zeros_like(t) if need_t else None
+        try:
+            with torch.no_grad():
+                for i in range(len(t) - 1, 0, -1):
+                    if need_t:
+                        grad_t[i] = (grad_ys[i] * func(t[i], ys[i])).sum()
+                        counter.nfe += 1
+                    state = torch.cat([ys[i].reshape(-1), lam.reshape(-1), a_theta])
+                    state = integrate(dynamics, state, t[i - 1:i + 1].flip(0), settings, counter,
+                                      error_numel=error_numel, check_first=False)[-1]
+                    _, lam, a_theta = dynamics.split(state)
+                    lam = lam + grad_ys[i - 1]
+                if need_t:
+                    # λ(t0) without the direct term ∂L/∂z(t0): z(t0) = y0 does not move with t0
+                    grad_t[0] = -((lam - grad_ys[0]) * func(t[0], ys[0])).sum()
+                    counter.nfe += 1
+        finally:
+            stats.nfe_backward += counter.nfe
+            stats.steps_accepted_backward += counter.accepted
+            stats.steps_rejected_backward += counter.rejected
+
+        grad_params = []
+        offset = 0
+        for p in params:
+            grad_params.append(a_theta[offset:offset + p.numel()].view(p.shape).to(p.dtype))
+            offset += p.numel()
+        return (None, None, None, None, lam if need_y0 else None, grad_t, *grad_params)
+
+
+def _adjoint_params(func, adjoint_params, y0) -> tuple:
+    if adjoint_params is None:
+        params = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
+    else:
+        if isinstance(adjoint_params, torch.Tensor):
+            raise TypeError("adjoint_params must be a sequence of tensors (e.g. list(model.parameters())), not one tensor")
+        params = tuple(adjoint_params)
+        for i, p in enumerate(params):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"adjoint_params[{i}] must be a torch.Tensor, got {type(p).__name__}")
+    params = tuple(p for p in params if p.requires_grad)
+    for p in params:
+        if p.device != y0.device:
+            raise ValueError(f"a parameter of func is on {p.device} but y0 is on {y0.device}; put both on the same device")
+        if not p.dtype.is_floating_point:
+            raise TypeError(f"parameters must be floating point to receive gradients, got {p.dtype}")
+    return params
+
+
+def odeint_adjoint(
+    func: Callable,
+    y0: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    rtol: float = 1e-7,
+    atol: float = 1e-9,
+    method: Optional[str] = None,
+    options: Optional[dict] = None,
+    adjoint_rtol: Optional[float] = None,
+    adjoint_atol: Optional[float] = None,
+    adjoint_method: Optional[str] = None,
+    adjoint_options: Optional[dict] = None,
+    adjoint_params: Optional[Sequence[torch.Tensor]] = None,
+    stats: Optional[SolveStats] = None,
+) -> torch.Tensor:
+    """Solve like :func:`helpers.odeint`; compute gradients by solving the adjoint system backward.
+
+    Memory does not grow with the number of steps: the forward pass keeps only the states at
+    the requested times, and the backward pass reconstructs ``z`` as it goes.
+
+    **Arguments:** ``func``, ``y0``, ``t``, ``rtol``, ``atol``, ``method``, ``options`` and
+    ``stats`` as for :func:`helpers.odeint`, and:
+
+    - `adjoint_rtol`, `adjoint_atol`, `adjoint_method`: the backward solve's tolerances and
+      method; each defaults to the forward one.
+    - `adjoint_options`: the backward solve's options. The same keys as ``options`` plus
+      ``norm``: ``"seminorm"`` (default for adaptive methods) leaves the parameter-gradient
+      channel out of the step-acceptance norm, ``"full"`` keeps it. When the backward method
+      is the forward one, ``step_size`` and ``max_num_steps`` default to the forward values.
+    - `adjoint_params`: the tensors to differentiate with respect to; by default
+      ``func.parameters()`` if ``func`` is an ``nn.Module``, else none (gradients still reach
+      ``y0`` and ``t``).
+
+    **Returns:** a tensor of shape ``(len(t), *y0.shape)``, the state at each time in ``t``.
+
+    **Raises:** as :func:`helpers.odeint`; asking for a second-order gradient
+    (``create_graph=True``) raises ``ValueError``.
+    """
+    check_inputs(func, y0, t)
+    settings = make_settings(method, rtol, atol, options)
+    if adjoint_method is None:
+        adjoint_method = settings.tableau.name
+    if adjoint_options is None:
+        adjoint_options = {}
+        if adjoint_method == settings.tableau.name and options:
+            adjoint_options = {k: v for k, v in options.items() if k in ("step_size", "max_num_steps")}
+    adjoint_settings = make_settings(
+        adjoint_method,
+        rtol if adjoint_rtol is None else adjoint_rtol,
+        atol if adjoint_atol is None else adjoint_atol,
+        adjoint_options,
+        argument_prefix="adjoint_",
+        adjoint=True,
+    )
+    params = _adjoint_params(func, adjoint_params, y0)
+    stats = stats if stats is not None else SolveStats()
+    stats.method = settings.tableau.name
+    _set_last(stats)
+    return _OdeintAdjointFunction.apply(func, settings, adjoint_settings, stats, y0, t, *params)

@@ -1,0 +1,10 @@
+"""The one exception type the solvers raise when a solve cannot finish.
+
+Bad arguments raise ``ValueError`` or ``TypeError`` before any work starts. A solve that starts
+but cannot finish (the state turned non-finite, the step size underflowed, ``max_num_steps`` ran
+out) raises :class:`SolveError`, a ``ValueError`` that says where it stopped and why.
+"""
+
+
+class SolveError(ValueError):
+    """A solve that started but could not reach the final time."""

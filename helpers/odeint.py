@@ -1,0 +1,106 @@
+"""``odeint``: solve an ODE and backpropagate through the solver.
+
+Introduced in the chapter "Neural ODEs and the forward pass".
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from .options import make_settings
+from .solve import integrate
+from .stats import SolveStats, StepCounter, _set_last
+
+
+def check_inputs(func, y0, t) -> None:
+    """Check ``func``, ``y0`` and ``t`` as ``odeint`` and ``odeint_adjoint`` take them."""
+    if not callable(func):
+        raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
+    if not isinstance(y0, torch.Tensor):
+        hint = " (tuples of tensors are not supported: concatenate them into one tensor)" if isinstance(y0, (tuple, list)) else ""
+        raise TypeError(f"y0 must be a torch.Tensor, got {type(y0).__name__}{hint}")
+    if not y0.dtype.is_floating_point:
+        raise TypeError(f"y0 must be a real floating-point tensor (float32 or float64), got dtype {y0.dtype}")
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"t must be a 1-D torch.Tensor of times, got {type(t).__name__}")
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"t must be a floating-point tensor, got dtype {t.dtype}")
+    if t.dim() != 1:
+        raise ValueError(f"t must be 1-D, got a tensor of shape {tuple(t.shape)}")
+    if len(t) < 2:
+        raise ValueError(f"t must hold at least two times (the start and an output time), got {len(t)}")
+    if t.device != y0.device:
+        raise ValueError(f"t is on {t.device} but y0 is on {y0.device}; put both on the same device")
+    times = t.tolist()
+    if not all(map(_finite, times)):
+        raise ValueError("t must contain only finite values")
+    steps = [b - a for a, b in zip(times[:-1], times[1:])]
+    increasing = steps[0] > 0
+    for i, step in enumerate(steps):
+        if step == 0 or (step > 0) != increasing:
+            raise ValueError(
+                "t must be strictly increasing or strictly decreasing; "
+                f"t[{i}]={times[i]!r} and t[{i + 1}]={times[i + 1]!r} break that"
+            )
+    if not bool(torch.isfinite(y0).all()):
+        raise ValueError("y0 contains inf or nan")
+    if isinstance(func, torch.nn.Module):
+        for name, p in func.named_parameters():
+            if p.device != y0.device:
+                raise ValueError(f"func's parameter {name!r} is on {p.device} but y0 is on {y0.device}; put both on the same device")
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
+
+
+def odeint(
+    func: Callable,
+    y0: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    rtol: float = 1e-7,
+    atol: float = 1e-9,
+    method: Optional[str] = None,
+    options: Optional[dict] = None,
+    stats: Optional[SolveStats] = None,
+) -> torch.Tensor:
+    """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and return ``y`` at every time in ``t``.
+
+    Gradients flow by backpropagating through every step of the solver, so memory grows with
+    the number of steps; :func:`helpers.odeint_adjoint` keeps it flat.
+
+    **Arguments:**
+
+    - `func`: the vector field, called as ``func(t, y)`` with a 0-d tensor ``t``; it returns
+      ``dy/dt`` with ``y``'s shape, dtype and device. An ``nn.Module`` or any callable.
+    - `y0`: the initial state, a floating-point tensor of any shape (a batch is fine).
+    - `t`: 1-D, strictly increasing or strictly decreasing, on ``y0``'s device. ``t[0]`` is the
+      initial time.
+    - `rtol`, `atol`: relative and absolute tolerances of the adaptive methods.
+    - `method`: ``"dopri5"`` (default), ``"bosh3"`` (adaptive); ``"euler"``, ``"midpoint"``,
+      ``"rk4"`` (fixed step).
+    - `options`: for fixed-step methods ``step_size`` (the largest step; each interval between
+      requested times is cut into equal steps no longer than it, one step per interval if
+      omitted) and ``max_num_steps``; for adaptive methods ``first_step``, ``max_num_steps``
+      (default 10000), ``safety``, ``min_factor``, ``max_factor``. Unknown keys are an error.
+    - `stats`: a :class:`helpers.SolveStats` to fill in; :func:`helpers.last_stats` returns it too.
+
+    **Returns:** a tensor of shape ``(len(t), *y0.shape)``, the state at each time in ``t``.
+
+    **Raises:** ``TypeError``/``ValueError`` for bad arguments, :class:`helpers.SolveError`
+    when a solve cannot reach the final time.
+    """
+    check_inputs(func, y0, t)
+    settings = make_settings(method, rtol, atol, options)
+    stats = stats if stats is not None else SolveStats()
+    stats.method = settings.tableau.name
+    _set_last(stats)
+    counter = StepCounter()
+    try:
+        return integrate(func, y0, t, settings, counter)
+    finally:
+        stats.nfe_forward += counter.nfe
+        stats.steps_accepted_forward += counter.accepted
+        stats.steps_rejected_forward += counter.rejected

@@ -1,0 +1,239 @@
+"""The integration loops: fixed steps and adaptive steps with error control.
+
+:func:`integrate` takes checked inputs (see :mod:`helpers.odeint`) and returns the state at every
+requested time. Both loops work forward or backward in time and keep the requested times in the
+autograd graph, so backpropagating through them gives gradients with respect to ``t``.
+
+Host–device synchronisation: the fixed-step loop never waits on the device inside the loop (one
+finiteness check at the end); the adaptive loop reads one number per step, the error ratio that
+decides whether the step is accepted.
+
+Introduced in the chapter "Neural ODEs and the forward pass".
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Optional
+
+import torch
+
+from .errors import SolveError
+from .options import SolverSettings
+from .runge_kutta import interpolate, rk_step
+from .stats import StepCounter
+
+
+def integrate(
+    func: Callable,
+    y0: torch.Tensor,
+    t: torch.Tensor,
+    settings: SolverSettings,
+    counter: StepCounter,
+    error_numel: Optional[int] = None,
+    check_first: bool = True,
+) -> torch.Tensor:
+    """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0``, and return ``y`` at every time in ``t``.
+
+    **Arguments:**
+
+    - `func`, `y0`, `t`: checked by the caller; ``t`` is strictly monotonic.
+    - `settings`: the method, tolerances and options.
+    - `counter`: receives the number of evaluations and of accepted and rejected steps.
+    - `error_numel`: if given, only the first ``error_numel`` entries of the flattened state
+      enter the error norm (the seminorm of the adjoint solve).
+    - `check_first`: check the shape, dtype and device of the first evaluation of ``func``.
+
+    **Returns:** a tensor of shape ``(len(t), *y0.shape)``.
+    """
+    wrapped = _checked(func, y0) if check_first else func
+    if settings.tableau.adaptive:
+        ys = _integrate_adaptive(wrapped, y0, t, settings, counter, error_numel)
+    else:
+        ys = _integrate_fixed(wrapped, y0, t, settings, counter)
+    return ys
+
+
+def _checked(func: Callable, y0: torch.Tensor) -> Callable:
+    """Wrap ``func`` so that its first result is checked against ``y0``; later calls go straight through."""
+    state = {"checked": False}
+
+    def checked(t, y):
+        out = func(t, y)
+        if not state["checked"]:
+            _check_output(out, y0, t)
+            state["checked"] = True
+        return out
+
+    return checked
+
+
+def _check_output(out, y0: torch.Tensor, t) -> None:
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"func(t, y) must return a tensor dy/dt, got {type(out).__name__}")
+    if out.shape != y0.shape:
+        raise ValueError(
+            f"func(t, y) returned shape {tuple(out.shape)} but y0 has shape {tuple(y0.shape)}; "
+            "func must return dy/dt with the same shape as y"
+        )
+    if out.dtype != y0.dtype:
+        raise ValueError(f"func(t, y) returned dtype {out.dtype} but y0 has dtype {y0.dtype}; they must match")
+    if out.device != y0.device:
+        raise ValueError(f"func(t, y) returned a tensor on {out.device} but y0 is on {y0.device}")
+
+
+def _check_finite(ys: torch.Tensor, t: torch.Tensor) -> None:
+    """One synchronisation after a fixed-step solve: report the first output time that is not finite."""
+    finite = torch.isfinite(ys.reshape(len(t), -1)).all(dim=1)
+    if not bool(finite.all()):
+        i = int((~finite).nonzero()[0])
+        raise SolveError(
+            f"the state became non-finite (inf or nan) between t={float(t[i - 1]):.6g} and t={float(t[i]):.6g}; "
+            "the step size may be too large for this problem, or its solution blows up"
+        )
+
+
+def _integrate_fixed(func, y0, t, settings: SolverSettings, counter: StepCounter) -> torch.Tensor:
+    """Equal steps of at most ``step_size`` between consecutive requested times.
+
+    Stepping onto every requested time (rather than interpolating) keeps the method's full order
+    at the outputs, and makes each step's length a function of ``t``, so gradients reach ``t``.
+    """
+    tableau = settings.tableau
+    t_list = t.tolist()
+    counts = []
+    for a, b in zip(t_list[:-1], t_list[1:]):
+        n = 1 if settings.step_size is None else max(1, math.ceil(abs(b - a) / settings.step_size - 1e-9))
+        counts.append(n)
+    total = sum(counts)
+    if settings.max_num_steps is not None and total > settings.max_num_steps:
+        raise SolveError(
+            f"step_size={settings.step_size} needs {total} steps from t={t_list[0]:.6g} to t={t_list[-1]:.6g}, "
+            f"more than max_num_steps={settings.max_num_steps}; raise options['max_num_steps'] or the step size"
+        )
+    ys: List[torch.Tensor] = [y0]
+    y = y0
+    for i, n in enumerate(counts):
+        start, end = t[i], t[i + 1]
+        h = (end - start) / n
+        for j in range(n):
+            t_j = start + j * h if j else start
+            y, _, _, nfe = rk_step(func, tableau, t_j, y, h)
+            counter.nfe += nfe
+        counter.accepted += n
+        ys.append(y)
+    out = torch.stack(ys)
+    _check_finite(out, t)
+    return out
+
+
+def _error_ratio(error, y, y_new, rtol, atol, error_numel) -> float:
+    """The root-mean-square of the local error measured against the tolerance (≤ 1 accepts)."""
+    error, y, y_new = error.detach(), y.detach(), y_new.detach()  # step control is not differentiated
+    if error_numel is not None:
+        error, y, y_new = (x.reshape(-1)[:error_numel] for x in (error, y, y_new))
+    scale = torch.maximum(y.abs(), y_new.abs()).mul_(rtol).add_(atol)
+    ratio = torch.linalg.vector_norm(error / scale) / math.sqrt(max(error.numel(), 1))
+    return float(ratio)
+
+
+def _initial_step(func, t0, y0, f0, order, rtol, atol, direction, error_numel, counter) -> float:
+    """Hairer, Nørsett & Wanner's starting step (Solving ODEs I, II.4): one extra evaluation."""
+    def rms(x):
+        x = x.detach()
+        if error_numel is not None:
+            x = x.reshape(-1)[:error_numel]
+        return float(torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1)))
+
+    y0, f0 = y0.detach(), f0.detach()
+    scale = atol + rtol * y0.abs()
+    d0, d1 = rms(y0 / scale), rms(f0 / scale)
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    y1 = y0 + (direction * h0) * f0
+    f1 = func(t0.detach() + direction * h0, y1).detach()
+    counter.nfe += 1
+    d2 = rms((f1 - f0) / scale) / h0
+    if max(d1, d2) <= 1e-15:
+        h1 = max(1e-6, h0 * 1e-3)
+    else:
+        h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
+    return min(100 * h0, h1)
+
+
+def _integrate_adaptive(func, y0, t, settings: SolverSettings, counter: StepCounter, error_numel) -> torch.Tensor:
+    tableau = settings.tableau
+    t_list = t.tolist()
+    t_end = t_list[-1]
+    direction = 1.0 if t_end > t_list[0] else -1.0
+    eps = torch.finfo(y0.dtype).eps
+    exponent = -1.0 / (tableau.error_order + 1)
+
+    t_now = t[0]
+    t_now_f = t_list[0]
+    y = y0
+    f0 = func(t_now, y)
+    counter.nfe += 1
+    if settings.first_step is not None:
+        h_abs = settings.first_step
+    else:
+        h_abs = _initial_step(func, t_now, y, f0, tableau.order, settings.rtol, settings.atol,
+                              direction, error_numel, counter)
+
+    ys: List[torch.Tensor] = [y0]
+    next_out = 1
+    steps = 0
+    nonfinite_at = None
+    while next_out < len(t_list):
+        if steps >= settings.max_num_steps:
+            raise SolveError(
+                f"reached max_num_steps={settings.max_num_steps} at t={t_now_f:.6g} before reaching "
+                f"t={t_end:.6g} (method {tableau.name!r}, rtol={settings.rtol:g}, atol={settings.atol:g}); "
+                "the problem may be stiff: raise options['max_num_steps'], loosen the tolerances, "
+                "or use a fixed-step method"
+            )
+        steps += 1
+        if h_abs <= 4 * eps * max(abs(t_now_f), 1.0):
+            if nonfinite_at is not None:
+                raise SolveError(
+                    f"the state became non-finite (inf or nan) near t={nonfinite_at:.6g} "
+                    "and the step size underflowed trying to avoid it; the solution may blow up there"
+                )
+            raise SolveError(
+                f"step size underflow at t={t_now_f:.6g}: the step fell to {h_abs:.3g}, below what "
+                f"{y0.dtype} can resolve; the problem may be stiff or singular there"
+            )
+        last = direction * (t_now_f + direction * h_abs - t_end) >= -4 * eps * max(abs(t_end), 1.0)
+        if last:
+            h = t[-1] - t_now  # a tensor, so the final state depends on t[-1]
+            h_f = t_end - t_now_f
+        else:
+            h = h_f = direction * h_abs
+        y_new, ks, error, nfe = rk_step(func, tableau, t_now, y, h, f0)
+        counter.nfe += nfe
+        ratio = _error_ratio(error, y, y_new, settings.rtol, settings.atol, error_numel)
+        if not math.isfinite(ratio):
+            nonfinite_at = t_now_f + h_f
+            counter.rejected += 1
+            h_abs = abs(h_f) * settings.min_factor
+            continue
+        if ratio <= 1.0:
+            counter.accepted += 1
+            t_new_f = t_end if last else t_now_f + h_f
+            while next_out < len(t_list) and direction * (t_list[next_out] - t_new_f) <= 0:
+                if last and next_out == len(t_list) - 1:
+                    ys.append(y_new)
+                else:
+                    theta = (t[next_out] - t_now) / h
+                    ys.append(interpolate(tableau, y, y_new, ks, h, theta))
+                next_out += 1
+            t_now = t[-1] if last else t_now + h
+            t_now_f = t_new_f
+            y, f0 = y_new, ks[-1]
+            nonfinite_at = None
+        else:
+            counter.rejected += 1
+        factor = settings.max_factor if ratio == 0 else settings.safety * ratio ** exponent
+        factor = min(settings.max_factor, max(settings.min_factor, factor))
+        if ratio > 1.0:
+            factor = min(factor, 1.0)
+        h_abs = abs(h_f) * factor
+    return torch.stack(ys)
