@@ -71,20 +71,41 @@ class AugmentedDynamics:
         return torch.cat(parts)
 
 
+def checkpoint_grid(t: torch.Tensor, checkpoints: int):
+    """The requested times merged with ``checkpoints`` equally spaced interior times.
+
+    **Returns:** ``(grid, out_index)``: the merged, strictly monotonic times (a tensor like ``t``)
+    and the position of each requested time in it.
+    """
+    times = t.tolist()
+    if checkpoints == 0:
+        return t, list(range(len(times)))
+    start, end = times[0], times[-1]
+    span = abs(end - start)
+    extra = [start + (end - start) * k / (checkpoints + 1) for k in range(1, checkpoints + 1)]
+    extra = [x for x in extra if min(abs(x - s) for s in times) > 1e-9 * span]
+    merged = sorted(set(times) | set(extra), reverse=end < start)
+    position = {x: i for i, x in enumerate(merged)}
+    grid = torch.tensor(merged, dtype=t.dtype, device=t.device)
+    return grid, [position[x] for x in times]
+
+
 class _OdeintAdjointFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, func, settings, adjoint_settings, stats, y0, t, *params):
+        grid, out_index = checkpoint_grid(t.detach(), adjoint_settings.checkpoints)
         counter = StepCounter()
         try:
             with torch.no_grad():
-                ys = integrate(func, y0, t, settings, counter)
+                ys_grid = integrate(func, y0, grid, settings, counter)
         finally:
             stats.nfe_forward += counter.nfe
             stats.steps_accepted_forward += counter.accepted
             stats.steps_rejected_forward += counter.rejected
         ctx.func, ctx.adjoint_settings, ctx.stats, ctx.params = func, adjoint_settings, stats, params
-        ctx.save_for_backward(t, ys)
-        return ys
+        ctx.out_index = out_index
+        ctx.save_for_backward(grid, ys_grid)
+        return ys_grid[out_index] if len(out_index) != len(grid) else ys_grid
 
     @staticmethod
     def backward(ctx, grad_ys):
@@ -93,31 +114,38 @@ class _OdeintAdjointFunction(torch.autograd.Function):
                 "odeint_adjoint does not give higher-order gradients (create_graph=True was asked for); "
                 "use helpers.odeint, which backpropagates through the solver and supports them"
             )
-        t, ys = (x.detach() for x in ctx.saved_tensors)
+        grid, ys_grid = (x.detach() for x in ctx.saved_tensors)
         func, settings, stats, params = ctx.func, ctx.adjoint_settings, ctx.stats, ctx.params
+        out_index = ctx.out_index
         need_y0, need_t = ctx.needs_input_grad[4], ctx.needs_input_grad[5]
-        dynamics = AugmentedDynamics(func, ys.shape[1:], params)
+        dynamics = AugmentedDynamics(func, ys_grid.shape[1:], params)
         n = dynamics.n
         counter = StepCounter()
         error_numel = 2 * n if settings.norm == "seminorm" else None
+        # the jump ∂L/∂z at each grid time: the incoming gradient at requested times, zero at checkpoints
+        jumps = {j: grad_ys[k] for k, j in enumerate(out_index)}
 
-        lam = grad_ys[-1]
-        a_theta = torch.zeros(sum(p.numel() for p in params), dtype=ys.dtype, device=ys.device)
-        grad_t = torch.zeros_like(t) if need_t else None
+        lam = jumps[len(grid) - 1]
+        a_theta = torch.zeros(sum(p.numel() for p in params), dtype=ys_grid.dtype, device=ys_grid.device)
+        grad_t = torch.zeros(len(out_index), dtype=grid.dtype, device=grid.device) if need_t else None
         try:
             with torch.no_grad():
-                for i in range(len(t) - 1, 0, -1):
-                    if need_t:
-                        grad_t[i] = (grad_ys[i] * func(t[i], ys[i])).sum()
+                if need_t:
+                    for k in range(1, len(out_index)):
+                        j = out_index[k]
+                        grad_t[k] = (grad_ys[k] * func(grid[j], ys_grid[j])).sum()
                         counter.nfe += 1
-                    state = torch.cat([ys[i].reshape(-1), lam.reshape(-1), a_theta])
-                    state = integrate(dynamics, state, t[i - 1:i + 1].flip(0), settings, counter,
+                for j in range(len(grid) - 1, 0, -1):
+                    # re-anchor z to its stored forward value, then solve [z, λ, a_θ] back one interval
+                    state = torch.cat([ys_grid[j].reshape(-1), lam.reshape(-1), a_theta])
+                    state = integrate(dynamics, state, grid[j - 1:j + 1].flip(0), settings, counter,
                                       error_numel=error_numel, check_first=False)[-1]
                     _, lam, a_theta = dynamics.split(state)
-                    lam = lam + grad_ys[i - 1]
+                    if j - 1 in jumps:
+                        lam = lam + jumps[j - 1]
                 if need_t:
                     # λ(t0) without the direct term ∂L/∂z(t0): z(t0) = y0 does not move with t0
-                    grad_t[0] = -((lam - grad_ys[0]) * func(t[0], ys[0])).sum()
+                    grad_t[0] = -((lam - grad_ys[0]) * func(grid[0], ys_grid[0])).sum()
                     counter.nfe += 1
         finally:
             stats.nfe_backward += counter.nfe
@@ -181,6 +209,10 @@ def odeint_adjoint(
       ``norm``: ``"seminorm"`` (default for adaptive methods) leaves the parameter-gradient
       channel out of the step-acceptance norm, ``"full"`` keeps it. When the backward method
       is the forward one, ``step_size`` and ``max_num_steps`` default to the forward values.
+      ``checkpoints``: a number of equally spaced interior times at which the forward pass also
+      stores the state (default 0); the backward solve re-anchors ``z`` there, which keeps the
+      backward reconstruction of ``z`` accurate on dissipative systems, at the cost of storing
+      those states.
     - `adjoint_params`: the tensors to differentiate with respect to; by default
       ``func.parameters()`` if ``func`` is an ``nn.Module``, else none (gradients still reach
       ``y0`` and ``t``).
@@ -194,10 +226,13 @@ def odeint_adjoint(
     settings = make_settings(method, rtol, atol, options)
     if adjoint_method is None:
         adjoint_method = settings.tableau.name
-    if adjoint_options is None:
-        adjoint_options = {}
-        if adjoint_method == settings.tableau.name and options:
-            adjoint_options = {k: v for k, v in options.items() if k in ("step_size", "max_num_steps")}
+    adjoint_options = {} if adjoint_options is None else adjoint_options
+    if not isinstance(adjoint_options, dict):
+        raise TypeError(f"adjoint_options must be a dict or None, got {type(adjoint_options).__name__}")
+    if adjoint_method == settings.tableau.name and options:
+        # the same method backward: inherit the forward step settings unless overridden
+        inherited = {k: v for k, v in options.items() if k in ("step_size", "max_num_steps")}
+        adjoint_options = {**inherited, **adjoint_options}
     adjoint_settings = make_settings(
         adjoint_method,
         rtol if adjoint_rtol is None else adjoint_rtol,

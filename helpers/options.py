@@ -17,7 +17,7 @@ DEFAULT_MAX_NUM_STEPS = 10_000  # adaptive methods; fixed-step methods take exac
 
 FIXED_OPTIONS = ("step_size", "max_num_steps")
 ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "safety", "min_factor", "max_factor")
-ADJOINT_ONLY_OPTIONS = ("norm",)
+ADJOINT_ONLY_OPTIONS = ("norm", "checkpoints")
 NORMS = ("seminorm", "full")
 
 
@@ -35,6 +35,7 @@ class SolverSettings:
     min_factor: float = 0.2
     max_factor: float = 10.0
     norm: str = "full"
+    checkpoints: int = 0
 
 
 def resolve_method(method, argument: str = "method") -> ButcherTableau:
@@ -118,4 +119,9 @@ def make_settings(method, rtol, atol, options, *, argument_prefix: str = "", adj
         kwargs["norm"] = options["norm"]
     elif adjoint and tableau.adaptive:
         kwargs["norm"] = "seminorm"
+    if "checkpoints" in options:
+        k = options["checkpoints"]
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
+            raise ValueError(f"{p}options['checkpoints'] must be a non-negative integer, got {k!r}")
+        kwargs["checkpoints"] = int(k)
     return SolverSettings(tableau=tableau, rtol=rtol, atol=atol, **kwargs)
