@@ -27,13 +27,19 @@ def weighted_sum(weights: Sequence[float], ks: Sequence[torch.Tensor]) -> Option
     return total
 
 
-def add_step(y: torch.Tensor, h: Step, direction: Optional[torch.Tensor]) -> torch.Tensor:
-    """y + h * direction (``direction`` may be ``None``, meaning zero)."""
-    if direction is None:
-        return y
+def add_step(y: torch.Tensor, h: Step, weights: Sequence[float], ks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """y + h Σ w_j k_j.
+
+    With a float ``h`` each term is one fused ``add`` (``alpha = h w_j``): the fewest kernels.
+    With a tensor ``h`` (a step that carries gradients to ``t``) the sum is formed first.
+    """
     if isinstance(h, torch.Tensor):
-        return y + h * direction
-    return torch.add(y, direction, alpha=h)
+        direction = weighted_sum(weights, ks)
+        return y if direction is None else y + h * direction
+    for w, k in zip(weights, ks):
+        if w != 0.0:
+            y = torch.add(y, k, alpha=h * w)
+    return y
 
 
 def rk_step(
@@ -65,13 +71,13 @@ def rk_step(
     ks = [k1]
     y_new = None
     for i in range(1, tableau.stages):
-        y_i = add_step(y, h, weighted_sum(tableau.a[i], ks))
+        y_i = add_step(y, h, tableau.a[i], ks)
         if tableau.fsal and i == tableau.stages - 1:
             y_new = y_i  # the last stage of an FSAL method is taken at the new state
         ks.append(func(t + tableau.c[i] * h, y_i))
         nfe += 1
     if y_new is None:
-        y_new = add_step(y, h, weighted_sum(tableau.b, ks))
+        y_new = add_step(y, h, tableau.b, ks)
     error = None
     if tableau.b_err is not None:
         error = weighted_sum(tableau.b_err, ks)

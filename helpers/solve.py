@@ -112,9 +112,12 @@ def _integrate_fixed(func, y0, t, settings: SolverSettings, counter: StepCounter
         )
     ys: List[torch.Tensor] = [y0]
     y = y0
+    # Steps carry gradients to t only when someone asks for them; otherwise a float step size
+    # lets each stage be formed with fused adds.
+    t_needs_grad = t.requires_grad and torch.is_grad_enabled()
     for i, n in enumerate(counts):
-        start, end = t[i], t[i + 1]
-        h = (end - start) / n
+        start = t[i]
+        h = (t[i + 1] - start) / n if t_needs_grad else (t_list[i + 1] - t_list[i]) / n
         for j in range(n):
             t_j = start + j * h if j else start
             y, _, _, nfe = rk_step(func, tableau, t_j, y, h)
