@@ -1,0 +1,111 @@
+"""The book's sources: notebooks stored clean, the setup cell, the table of contents, the chapter standard."""
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import types
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import tidy_notebooks  # noqa: E402
+
+NOTEBOOKS = tidy_notebooks.notebooks()
+CHAPTERS = [p for p in NOTEBOOKS if re.match(r"\d\d_", p.name)]
+
+
+def load(path):
+    return json.loads(path.read_text())
+
+
+def markdown(nb):
+    return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+
+
+def test_there_are_chapters():
+    assert len(CHAPTERS) >= 5
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_without_outputs(path):
+    nb = load(path)
+    dirty = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and (c["outputs"] or c["execution_count"])]
+    assert not dirty, f"{path.name}: cells {dirty} have stored outputs; run scripts/tidy_notebooks.py"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_kernelspec_is_python3(path):
+    assert load(path)["metadata"]["kernelspec"]["name"] == "python3"
+
+
+def test_tidy_check_passes():
+    """Every notebook already has the setup cell for the URL in _config.yml, no outputs, the kernelspec."""
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "tidy_notebooks.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_setup_cell_names_the_configured_repository(path):
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
+    first = load(path)["cells"][0]
+    source = "".join(first["source"])
+    assert source.startswith(tidy_notebooks.MARKER)
+    assert "remove-cell" in first["metadata"].get("tags", [])
+    assert re.findall(r'REPOSITORY = "([^"]+)"', source) == [url]
+
+
+def run_setup_cell(monkeypatch, in_colab: bool):
+    """Execute the setup cell as a notebook would, recording any command it runs."""
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append((cmd, kw)))
+    if in_colab:
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    else:
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    url = tidy_notebooks.repository_url()
+    exec(compile(tidy_notebooks.setup_source(url), "setup-cell", "exec"), {})
+    return url, calls
+
+
+def test_setup_cell_installs_helpers_in_colab(monkeypatch):
+    url, calls = run_setup_cell(monkeypatch, in_colab=True)
+    assert len(calls) == 1
+    cmd, kwargs = calls[0]
+    assert cmd == [sys.executable, "-m", "pip", "install", "-q", f"git+{url}"]
+    assert kwargs.get("check") is True
+
+
+def test_setup_cell_does_nothing_elsewhere(monkeypatch):
+    _, calls = run_setup_cell(monkeypatch, in_colab=False)
+    assert calls == []
+
+
+def test_toc_lists_every_page_and_only_existing_ones():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]] + [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    for f in files:
+        assert any((ROOT / f"{f}{ext}").exists() for ext in (".md", ".ipynb")), f"{f} is in _toc.yml but missing"
+    pages = {str(p.relative_to(ROOT).with_suffix("")) for p in (ROOT / "book").glob("*") if p.suffix in (".md", ".ipynb")}
+    assert pages <= set(files), f"pages not in _toc.yml: {sorted(pages - set(files))}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_standard(path):
+    """Objectives first, a summary, at least three exercises each with a collapsed solution, asserts."""
+    nb = load(path)
+    text = markdown(nb)
+    assert re.search(r"(?i)what you will learn|in this chapter you will", text), "no learning objectives"
+    assert re.search(r"(?im)^#+ .*summary", text), "no summary section"
+    exercises = re.findall(r"```\{exercise-start\}\s*\n:label: (\S+)", text)
+    assert len(exercises) >= 3, f"only {len(exercises)} exercises"
+    solutions = re.findall(r"```\{solution-start\} (\S+)\s*\n:class: dropdown", text)
+    assert set(exercises) <= set(solutions), f"exercises without a dropdown solution: {set(exercises) - set(solutions)}"
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert code.count("assert ") >= 3, "fewer than three asserts"
+    assert "manual_seed" in code, "not seeded"
