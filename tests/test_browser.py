@@ -7,12 +7,14 @@ Screenshots of every page land in ``_build/screenshots/``.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import os
 import pathlib
 import re
 import shutil
+import sys
 import threading
 
 import pytest
@@ -61,15 +63,24 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def base_url():
-    _requirements_or_skip()
-    handler = functools.partial(_QuietHandler, directory=str(HTML))
+@contextlib.contextmanager
+def serve(directory):
+    """Serve ``directory`` on 127.0.0.1 at a free port; yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def base_url():
+    _requirements_or_skip()
+    with serve(HTML) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -180,9 +191,41 @@ def test_next_links_and_sidebar_reach_every_chapter(page, base_url):
 
 
 @pytest.mark.parametrize("name", NOTEBOOK_PAGES)
-def test_notebook_page_links_to_its_own_notebook_in_colab(page, base_url, name):
+def test_notebook_page_links_to_colab_and_offers_the_download(page, base_url, name):
     url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
     repo = url.split("github.com/")[1]
     open_page(page, base_url, name)
     links = page.evaluate("() => Array.from(document.querySelectorAll('a[href*=\"colab.research.google.com\"]')).map(a => a.href)")
     assert f"https://colab.research.google.com/github/{repo}/blob/main/{name}.ipynb" in links, links
+    # the download button offers the notebook itself
+    downloads = page.evaluate("() => Array.from(document.querySelectorAll('a[href$=\\'.ipynb\\']')).map(a => a.href)")
+    assert any(d.endswith(f"_sources/{name}.ipynb") for d in downloads), downloads
+
+
+def test_offline_build_needs_no_network(browser, base_url, tmp_path):
+    """`./run book --offline` bundles MathJax: with every outside request refused, formulas still typeset."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bundle_mathjax import bundle
+
+    copy = tmp_path / "html"
+    shutil.copytree(HTML, copy)
+    assert bundle(copy, MATHJAX) >= len(PAGES) - 2
+    assert "cdn.jsdelivr.net" not in (copy / "book" / "04_adjoint_equation.html").read_text()
+    with serve(copy) as url:
+        context = browser.new_context()
+        page = context.new_page()
+        outside = []
+
+        def local_only(route, request):
+            if request.url.startswith(url) or request.url.startswith("data:"):
+                return route.continue_()
+            outside.append(request.url)
+            return route.abort()
+
+        page.route("**/*", local_only)
+        open_page(page, url, "book/04_adjoint_equation")
+        typeset = page.evaluate("() => document.querySelectorAll('mjx-container').length")
+        errors = page.evaluate("() => document.querySelectorAll('mjx-merror').length")
+        context.close()
+    assert typeset > 20 and errors == 0
+    assert not any("mathjax" in u for u in outside), outside
