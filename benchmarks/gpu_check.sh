@@ -10,7 +10,7 @@ PY="${PYTHON:-python3}"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   "$PY" -c "import torch, torchdiffeq; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0)); print('torchdiffeq', torchdiffeq.__version__)"
 } 2>&1 | tee "$OUT/gpu_device.txt"
-timeout 240 "$PY" -m pytest tests -q -p no:cacheprovider -rs --ignore=tests/test_book.py 2>&1 | tail -40 | tee "$OUT/gpu_tests.txt"
+timeout 300 "$PY" -m pytest tests -q -p no:cacheprovider -rs --ignore=tests/test_book.py 2>&1 | tail -40 | tee "$OUT/gpu_tests.txt"
 "$PY" benchmarks/speed.py --problem L --device cuda --repeats 10 --out speed_L_cuda
 "$PY" benchmarks/speed.py --problem S --device cuda --repeats 10 --out speed_S_cuda
 if [ "$OUT" != benchmarks/results ]; then cp benchmarks/results/speed_*_cuda.* "$OUT/"; fi

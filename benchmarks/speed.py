@@ -3,6 +3,11 @@
     python benchmarks/speed.py                 # problem S on the CPU, one thread
     python benchmarks/speed.py --problem L     # problem L (hidden 512, batch 4096), on CUDA if present
 
+Each case is timed for helpers (eager), torchdiffeq, helpers' compiled mode (``compiled=``; its
+first call, compilation included, is reported separately) and, on the CPU when JAX and diffrax
+are installed (``pip install -r benchmarks/requirements-diffrax.txt``, optional), diffrax on the
+identical problem (weights copied from the PyTorch model; see diffrax_problem.py).
+
 Runs alternate A B B A ... so that drift in the machine's speed hits both libraries alike. Each row
 reports the median forward+backward time of each library, the median of the pairwise ratios
 helpers/torchdiffeq, the NFE of each, the lower bound NFE × (measured cost of one evaluation of f,
@@ -52,10 +57,10 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def run_once(lib, func, y0, adjoint, method, T, options):
-    """One forward+backward; returns the parameter gradients."""
+def run_once(lib, func, y0, adjoint, method, T, options, **extra):
+    """One forward+backward; returns the parameter gradients. ``extra``: e.g. ``compiled=True``."""
     t = torch.tensor([0.0, T], device=y0.device)
-    kwargs = dict(rtol=1e-6, atol=1e-6, method=method, options=options)
+    kwargs = dict(rtol=1e-6, atol=1e-6, method=method, options=options, **extra)
     if adjoint:
         kwargs["adjoint_params"] = tuple(func.parameters())
         solve = lib.odeint_adjoint
@@ -119,17 +124,57 @@ def rel_diff(a, b):
     return float(num / den)
 
 
+def make_runners(func, y0, adjoint, method, T, options, compile_mode, diffrax_module):
+    """The libraries to time on one case.
+
+    **Returns:** ``{name: (first-call seconds or None, run, [diffrax case])}``, ``run()`` giving the
+    parameter gradients. The compiled mode's first call (compilation included) is made and timed
+    here; diffrax's ``make_case`` compiles and times its own.
+    """
+    step_size = None if options is None else options.get("step_size")
+    runners = {}
+
+    def add(name, fn, setup_seconds=None):
+        runners[name] = (setup_seconds, fn)
+
+    add("helpers", lambda: run_once(helpers, func, y0, adjoint, method, T, options))
+    add("torchdiffeq", lambda: run_once(torchdiffeq, func, y0, adjoint, method, T, options))
+    if compile_mode is not None:
+        def compiled():
+            return run_once(helpers, func, y0, adjoint, method, T, options, compiled=compile_mode)
+        seconds, _ = timed(compiled, y0.device)  # the first call compiles the step (forward and backward)
+        add("helpers compiled", compiled, seconds)
+    if diffrax_module is not None and adjoint:
+        case = diffrax_module.make_case(func, y0, method, T, rtol=1e-6, atol=1e-6, step_size=step_size)
+
+        def diffrax_run():
+            _, grads = case.run()
+            return [torch.from_numpy(g) for g in grads]
+        runners["diffrax"] = (case.compile_seconds, diffrax_run, case)
+    return runners
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problem", choices=sorted(PROBLEMS), default="S")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda for L if present, else cpu)")
-    parser.add_argument("--repeats", type=int, default=10, help="pairs of runs per case")
+    parser.add_argument("--repeats", type=int, default=10, help="rounds of alternating runs per case")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--compiled", default="auto",
+                        help="torch.compile mode for the 'helpers compiled' rows: default, reduce-overhead, ..., "
+                             "or 'none' (auto: default on the CPU, reduce-overhead on CUDA)")
+    parser.add_argument("--no-diffrax", action="store_true", help="leave diffrax out even if it is installed")
     parser.add_argument("--out", default=None, help="results file stem (default speed_<problem>_<device>)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if args.problem == "L" and torch.cuda.is_available() else "cpu"))
     torch.set_num_threads(args.threads)
+    compile_mode = {"auto": "reduce-overhead" if device.type == "cuda" else "default", "none": None}.get(
+        args.compiled, args.compiled)
+    diffrax_module = None
+    if device.type == "cpu" and not args.no_diffrax:
+        import diffrax_problem  # sets XLA to one thread before JAX starts; imports without JAX
+        diffrax_module = diffrax_problem if diffrax_problem.available() else None
     torch.manual_seed(0)
     size = PROBLEMS[args.problem]
     func = MLP((2, size["hidden"], 2), device=device)
@@ -139,22 +184,16 @@ def main(argv=None):
     f_cost, vjp_cost = unit_costs(func, y0, repeats=50)
     rows = []
     for name, adjoint, method, T, options in CASES:
-        libs = {"helpers": helpers, "torchdiffeq": torchdiffeq}
-        times = {k: [] for k in libs}
-        for lib in libs.values():  # warm-up, and the gradients to compare
-            run_once(lib, func, y0, adjoint, method, T, options)
-        stats = helpers.SolveStats()
+        runners = make_runners(func, y0, adjoint, method, T, options, compile_mode, diffrax_module)
+        names = list(runners)
+        for _, fn, *_ in runners.values():  # warm-up, and the gradients to compare
+            fn()
+        times = {k: [] for k in names}
         grads = {}
         for i in range(args.repeats):
-            order = ("helpers", "torchdiffeq") if i % 2 == 0 else ("torchdiffeq", "helpers")  # A B B A
+            order = names if i % 2 == 0 else names[::-1]  # A B C C B A ...
             for key in order:
-                if key == "helpers":
-                    def fn():
-                        return run_once(helpers, func, y0, adjoint, method, T, options)
-                else:
-                    def fn():
-                        return run_once(torchdiffeq, func, y0, adjoint, method, T, options)
-                dt, grads[key] = timed(fn, device)
+                dt, grads[key] = timed(runners[key][1], device)
                 times[key].append(dt)
         # NFE: helpers reports them; torchdiffeq's are counted by wrapping f
         stats = helpers.SolveStats()
@@ -164,16 +203,22 @@ def main(argv=None):
         ys = solve(func, y0, t, stats=stats, **kw)
         (ys[-1] ** 2).mean().backward()
         tdq_nfe = count_torchdiffeq_nfe(func, y0, adjoint, method, T, options)
-        ratios = [a / b for a, b in zip(times["helpers"], times["torchdiffeq"])]
+
+        def ratio(a, b):
+            return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+        def median_ms(key):
+            return 1e3 * statistics.median(times[key]) if key in times else None
+
         nfe_b = stats.nfe_backward if adjoint else stats.nfe_forward  # backprop: one VJP per recorded evaluation
         bound = stats.nfe_forward * f_cost + nfe_b * (vjp_cost - f_cost if not adjoint else vjp_cost)
         mem = {k: peak_memory(lambda lib=lib: run_once(lib, func, y0, adjoint, method, T, options), device)
-               for k, lib in libs.items()}
-        rows.append(dict(
+               for k, lib in (("helpers", helpers), ("torchdiffeq", torchdiffeq))}
+        row = dict(
             case=name,
-            helpers_ms=1e3 * statistics.median(times["helpers"]),
-            torchdiffeq_ms=1e3 * statistics.median(times["torchdiffeq"]),
-            ratio=statistics.median(ratios),
+            helpers_ms=median_ms("helpers"),
+            torchdiffeq_ms=median_ms("torchdiffeq"),
+            ratio=ratio("helpers", "torchdiffeq"),
             nfe_helpers=f"{stats.nfe_forward}/{stats.nfe_backward if adjoint else '-'}",
             nfe_torchdiffeq=f"{tdq_nfe[0]}/{tdq_nfe[1] if adjoint else '-'}",
             lower_bound_ms=1e3 * bound,
@@ -182,7 +227,24 @@ def main(argv=None):
             peak_mib_helpers=None if mem["helpers"] is None else mem["helpers"] / 2**20,
             peak_mib_torchdiffeq=None if mem["torchdiffeq"] is None else mem["torchdiffeq"] / 2**20,
             grad_rel_diff=rel_diff(grads["helpers"], grads["torchdiffeq"]),
-        ))
+            compiled_mode=compile_mode,
+            compiled_ms=median_ms("helpers compiled"),
+            compiled_first_call_s=runners["helpers compiled"][0] if "helpers compiled" in runners else None,
+            compiled_over_eager=ratio("helpers compiled", "helpers") if "helpers compiled" in runners else None,
+            compiled_over_torchdiffeq=(ratio("helpers compiled", "torchdiffeq")
+                                       if "helpers compiled" in runners else None),
+            compiled_grad_rel_diff_eager=(rel_diff(grads["helpers compiled"], grads["helpers"])
+                                          if "helpers compiled" in runners else None),
+            diffrax_ms=median_ms("diffrax"),
+            diffrax_compile_s=runners["diffrax"][0] if "diffrax" in runners else None,
+            diffrax_nfe=("{}/{}".format(*runners["diffrax"][2].nfe()) if "diffrax" in runners else None),
+            compiled_over_diffrax=(ratio("helpers compiled", "diffrax")
+                                   if "diffrax" in runners and "helpers compiled" in runners else None),
+            eager_over_diffrax=ratio("helpers", "diffrax") if "diffrax" in runners else None,
+            diffrax_grad_rel_diff=(rel_diff(grads["helpers compiled" if "helpers compiled" in runners else "helpers"],
+                                            grads["diffrax"]) if "diffrax" in runners else None),
+        )
+        rows.append(row)
         print(f"done: {name}", file=sys.stderr)
 
     header = dict(
@@ -190,6 +252,8 @@ def main(argv=None):
         hidden=size["hidden"], batch=size["batch"], dtype="float32", repeats=args.repeats,
         torch=torch.__version__, torchdiffeq=getattr(torchdiffeq, "__version__", "?"),
         f_cost_us=1e6 * f_cost, f_vjp_cost_us=1e6 * vjp_cost,
+        compiled_mode=compile_mode,
+        diffrax=None if diffrax_module is None else diffrax_module.versions(),
     )
     table = format_table(header, rows)
     print(table)
@@ -230,7 +294,7 @@ def format_table(header, rows):
         f"{header['dtype']}, loss mean(z(T)^2))",
         "",
         f"Device: {header['device']} ({header['device_type']}), threads {header['threads']}, torch {header['torch']}, "
-        f"torchdiffeq {header['torchdiffeq']}; {header['repeats']} alternating pairs per case. "
+        f"torchdiffeq {header['torchdiffeq']}; {header['repeats']} alternating rounds per case. "
         f"One evaluation of f: {header['f_cost_us']:.1f} µs; f plus its VJP: {header['f_vjp_cost_us']:.1f} µs.",
         "",
         "| case | helpers ms | torchdiffeq ms | ratio (median of pairs) | NFE fwd/bwd helpers | NFE fwd/bwd torchdiffeq "
@@ -250,7 +314,43 @@ def format_table(header, rows):
     lines.append("")
     lines.append("Peak memory on the CPU is measured per process by benchmarks/memory.py (peak RSS); "
                  "lower bound = NFE × measured cost per evaluation (backward: evaluation + VJP).")
+    if header.get("compiled_mode"):
+        lines += compiled_table(header, rows)
     return "\n".join(lines) + "\n"
+
+
+def compiled_table(header, rows):
+    """The compiled mode's rows, beside helpers eager and, when installed, diffrax."""
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    diffrax = header.get("diffrax")
+    lines = [
+        "",
+        f"## Compiled mode (compiled={header['compiled_mode']!r})"
+        + (f" and diffrax (jax {diffrax['jax']}, diffrax {diffrax['diffrax']}, one XLA thread)" if diffrax else ""),
+        "",
+        "Times are medians over the same alternating rounds as above; ratios are medians of the per-round ratios. "
+        "First call = the first forward+backward with these shapes, compilation included.",
+        "",
+        "| case | helpers eager ms | helpers compiled ms | compiled / eager | compiled / torchdiffeq | diffrax ms "
+        "| compiled / diffrax | eager / diffrax | first call s, compiled | compile s, diffrax | NFE fwd/bwd diffrax "
+        "| gradient rel. diff compiled vs eager | gradient rel. diff vs diffrax |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['helpers_ms']:.2f} | {fmt(r['compiled_ms'], '.2f')} | "
+            f"{fmt(r['compiled_over_eager'], '.2f')} | {fmt(r['compiled_over_torchdiffeq'], '.2f')} | "
+            f"{fmt(r['diffrax_ms'], '.2f')} | {fmt(r['compiled_over_diffrax'], '.2f')} | "
+            f"{fmt(r['eager_over_diffrax'], '.2f')} | {fmt(r['compiled_first_call_s'], '.1f')} | "
+            f"{fmt(r['diffrax_compile_s'], '.1f')} | {r['diffrax_nfe'] or '-'} | "
+            f"{fmt(r['compiled_grad_rel_diff_eager'], '.1e')} | {fmt(r['diffrax_grad_rel_diff'], '.1e')} |"
+        )
+    if diffrax:
+        lines += ["", "diffrax runs only the adjoint cases (its BacksolveAdjoint); its gradients are compared with "
+                  "the compiled mode's."]
+    return lines
 
 
 if __name__ == "__main__":

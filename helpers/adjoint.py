@@ -23,10 +23,12 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from .odeint import check_inputs
+from .odeint import check_inputs, make_stepper
 from .options import SolverSettings, make_settings
+from .per_sample import backward_interval_per_sample, check_per_sample
 from .solve import integrate
 from .stats import SolveStats, StepCounter, _set_last
+from .steppers import resolve_compile
 
 
 class AugmentedDynamics:
@@ -92,17 +94,17 @@ def checkpoint_grid(t: torch.Tensor, checkpoints: int):
 
 class _OdeintAdjointFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, func, settings, adjoint_settings, stats, y0, t, *params):
+    def forward(ctx, func, settings, adjoint_settings, stats, y0, t, compiled, *params):
         grid, out_index = checkpoint_grid(t.detach(), adjoint_settings.checkpoints)
         counter = StepCounter()
         try:
             with torch.no_grad():
-                ys_grid = integrate(func, y0, grid, settings, counter)
+                stepper = make_stepper(func, settings, compiled)
+                ys_grid = integrate(func, y0, grid, settings, counter, stepper=stepper)
         finally:
-            stats.nfe_forward += counter.nfe
-            stats.steps_accepted_forward += counter.accepted
-            stats.steps_rejected_forward += counter.rejected
+            counter.add_to(stats)
         ctx.func, ctx.adjoint_settings, ctx.stats, ctx.params = func, adjoint_settings, stats, params
+        ctx.compiled = compiled
         ctx.out_index = out_index
         ctx.save_for_backward(grid, ys_grid)
         return ys_grid[out_index] if len(out_index) != len(grid) else ys_grid
@@ -122,42 +124,59 @@ class _OdeintAdjointFunction(torch.autograd.Function):
         n = dynamics.n
         counter = StepCounter()
         error_numel = 2 * n if settings.norm == "seminorm" else None
+        stepper = make_stepper(func, settings, ctx.compiled, error_numel=error_numel,
+                               adjoint_of=(params, ys_grid.shape[1:]))
         # the jump ∂L/∂z at each grid time: the incoming gradient at requested times, zero at checkpoints
         jumps = {j: grad_ys[k] for k, j in enumerate(out_index)}
 
         lam = jumps[len(grid) - 1]
         a_theta = torch.zeros(sum(p.numel() for p in params), dtype=ys_grid.dtype, device=ys_grid.device)
         grad_t = torch.zeros(len(out_index), dtype=grid.dtype, device=grid.device) if need_t else None
+        batch = ys_grid.shape[1] if settings.per_sample_steps else None
+
+        def field_time(t_j):
+            # with per-sample steps func always sees one time per row
+            return t_j.expand(batch) if batch is not None else t_j
+
+        def count_field_eval(counter):
+            counter.nfe += 1
+            if batch is not None:
+                counter.sample_evals += batch
         try:
             with torch.no_grad():
                 if need_t:
                     for k in range(1, len(out_index)):
                         j = out_index[k]
-                        grad_t[k] = (grad_ys[k] * func(grid[j], ys_grid[j])).sum()
-                        counter.nfe += 1
+                        grad_t[k] = (grad_ys[k] * func(field_time(grid[j]), ys_grid[j])).sum()
+                        count_field_eval(counter)
                 for j in range(len(grid) - 1, 0, -1):
+                    if settings.per_sample_steps:
+                        # each sample of the batch steps on its own; a_θ sums their contributions
+                        lam, a_theta = backward_interval_per_sample(
+                            func, params, ys_grid[j], lam, a_theta, grid[j], grid[j - 1], settings, counter)
+                        if j - 1 in jumps:
+                            lam = lam + jumps[j - 1]
+                        continue
                     # re-anchor z to its stored forward value, then solve [z, λ, a_θ] back one interval
                     state = torch.cat([ys_grid[j].reshape(-1), lam.reshape(-1), a_theta])
                     state = integrate(dynamics, state, grid[j - 1:j + 1].flip(0), settings, counter,
-                                      error_numel=error_numel, check_first=False)[-1]
+                                      error_numel=error_numel, check_first=False, stepper=stepper)[-1]
                     _, lam, a_theta = dynamics.split(state)
                     if j - 1 in jumps:
                         lam = lam + jumps[j - 1]
                 if need_t:
                     # λ(t0) without the direct term ∂L/∂z(t0): z(t0) = y0 does not move with t0
-                    grad_t[0] = -((lam - grad_ys[0]) * func(grid[0], ys_grid[0])).sum()
-                    counter.nfe += 1
+                    grad_t[0] = -((lam - grad_ys[0]) * func(field_time(grid[0]), ys_grid[0])).sum()
+                    count_field_eval(counter)
         finally:
-            stats.nfe_backward += counter.nfe
-            stats.steps_accepted_backward += counter.accepted
-            stats.steps_rejected_backward += counter.rejected
+            counter.add_to(stats, backward=True)
 
         grad_params = []
         offset = 0
         for p in params:
             grad_params.append(a_theta[offset:offset + p.numel()].view(p.shape).to(p.dtype))
             offset += p.numel()
-        return (None, None, None, None, lam if need_y0 else None, grad_t, *grad_params)
+        return (None, None, None, None, lam if need_y0 else None, grad_t, None, *grad_params)
 
 
 def _adjoint_params(func, adjoint_params, y0) -> tuple:
@@ -194,14 +213,17 @@ def odeint_adjoint(
     adjoint_options: Optional[dict] = None,
     adjoint_params: Optional[Sequence[torch.Tensor]] = None,
     stats: Optional[SolveStats] = None,
+    compiled=False,
 ) -> torch.Tensor:
     """Solve like :func:`helpers.odeint`; compute gradients by solving the adjoint system backward.
 
     Memory does not grow with the number of steps: the forward pass keeps only the states at
     the requested times, and the backward pass reconstructs ``z`` as it goes.
 
-    **Arguments:** ``func``, ``y0``, ``t``, ``rtol``, ``atol``, ``method``, ``options`` and
-    ``stats`` as for :func:`helpers.odeint`, and:
+    **Arguments:** ``func``, ``y0``, ``t``, ``rtol``, ``atol``, ``method``, ``options``,
+    ``stats`` and ``compiled`` as for :func:`helpers.odeint` (``compiled`` also compiles the
+    backward solve's step, the augmented dynamics with their vector–Jacobian product included;
+    it needs the adjoint parameters to be registered parameters of ``func``), and:
 
     - `adjoint_rtol`, `adjoint_atol`, `adjoint_method`: the backward solve's tolerances and
       method; each defaults to the forward one.
@@ -231,7 +253,7 @@ def odeint_adjoint(
         raise TypeError(f"adjoint_options must be a dict or None, got {type(adjoint_options).__name__}")
     if adjoint_method == settings.tableau.name and options:
         # the same method backward: inherit the forward step settings unless overridden
-        inherited = {k: v for k, v in options.items() if k in ("step_size", "max_num_steps")}
+        inherited = {k: v for k, v in options.items() if k in ("step_size", "max_num_steps", "per_sample_steps")}
         adjoint_options = {**inherited, **adjoint_options}
     adjoint_settings = make_settings(
         adjoint_method,
@@ -241,8 +263,12 @@ def odeint_adjoint(
         argument_prefix="adjoint_",
         adjoint=True,
     )
+    check_per_sample(y0, settings, "options")
+    check_per_sample(y0, adjoint_settings, "adjoint_options")
     params = _adjoint_params(func, adjoint_params, y0)
     stats = stats if stats is not None else SolveStats()
     stats.method = settings.tableau.name
     _set_last(stats)
-    return _OdeintAdjointFunction.apply(func, settings, adjoint_settings, stats, y0, t, *params)
+    if resolve_compile(compiled) is not None:
+        make_stepper(func, adjoint_settings, compiled, adjoint_of=(params, y0.shape))  # refuse bad setups now
+    return _OdeintAdjointFunction.apply(func, settings, adjoint_settings, stats, y0, t, compiled, *params)

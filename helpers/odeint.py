@@ -9,6 +9,8 @@ from typing import Callable, Optional
 import torch
 
 from .options import make_settings
+from .per_sample import check_per_sample
+from .steppers import compiled_stepper, resolve_compile
 from .solve import integrate
 from .stats import SolveStats, StepCounter, _set_last
 
@@ -51,6 +53,17 @@ def check_inputs(func, y0, t) -> None:
                 raise ValueError(f"func's parameter {name!r} is on {p.device} but y0 is on {y0.device}; put both on the same device")
 
 
+def make_stepper(func, settings, compiled, error_numel=None, adjoint_of=None):
+    """The compiled stepper that ``compiled`` asks for, or ``None`` for the default eager one."""
+    mode = resolve_compile(compiled)
+    if mode is None:
+        return None
+    if settings.per_sample_steps:
+        raise ValueError("compiled=True cannot be combined with options['per_sample_steps'] (yet); choose one")
+    return compiled_stepper(func, settings.tableau, settings.rtol, settings.atol, mode,
+                            error_numel=error_numel, adjoint_of=adjoint_of)
+
+
 def _finite(x: float) -> bool:
     return x == x and abs(x) != float("inf")
 
@@ -65,6 +78,7 @@ def odeint(
     method: Optional[str] = None,
     options: Optional[dict] = None,
     stats: Optional[SolveStats] = None,
+    compiled=False,
 ) -> torch.Tensor:
     """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and return ``y`` at every time in ``t``.
 
@@ -84,8 +98,16 @@ def odeint(
     - `options`: for fixed-step methods ``step_size`` (the largest step; each interval between
       requested times is cut into equal steps no longer than it, one step per interval if
       omitted) and ``max_num_steps``; for adaptive methods ``first_step``, ``max_num_steps``
-      (default 10000), ``safety``, ``min_factor``, ``max_factor``. Unknown keys are an error.
+      (default 10000), ``safety``, ``min_factor``, ``max_factor``, and ``per_sample_steps``
+      (``True``: each row of ``y0``, a batch of independent problems along dim 0, takes its own
+      step sizes, so one stiff row no longer slows the rest; ``func`` then gets a 1-D ``t``
+      with one time per row it is called on, and the rows must not interact). Unknown keys
+      are an error.
     - `stats`: a :class:`helpers.SolveStats` to fill in; :func:`helpers.last_stats` returns it too.
+    - `compiled`: ``True`` (or a ``torch.compile`` mode such as ``"reduce-overhead"``) runs each
+      step (all stages, the error estimate and the update) as one ``torch.compile`` graph; the
+      first call with new shapes pays the compilation. ``False`` (default) runs eagerly. See
+      :mod:`helpers.steppers`.
 
     **Returns:** a tensor of shape ``(len(t), *y0.shape)``, the state at each time in ``t``.
 
@@ -94,13 +116,13 @@ def odeint(
     """
     check_inputs(func, y0, t)
     settings = make_settings(method, rtol, atol, options)
+    check_per_sample(y0, settings, "options")
+    stepper = make_stepper(func, settings, compiled)
     stats = stats if stats is not None else SolveStats()
     stats.method = settings.tableau.name
     _set_last(stats)
     counter = StepCounter()
     try:
-        return integrate(func, y0, t, settings, counter)
+        return integrate(func, y0, t, settings, counter, stepper=stepper)
     finally:
-        stats.nfe_forward += counter.nfe
-        stats.steps_accepted_forward += counter.accepted
-        stats.steps_rejected_forward += counter.rejected
+        counter.add_to(stats)

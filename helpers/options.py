@@ -16,7 +16,7 @@ DEFAULT_METHOD = "dopri5"
 DEFAULT_MAX_NUM_STEPS = 10_000  # adaptive methods; fixed-step methods take exactly the steps asked for
 
 FIXED_OPTIONS = ("step_size", "max_num_steps")
-ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "safety", "min_factor", "max_factor")
+ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "safety", "min_factor", "max_factor", "per_sample_steps")
 ADJOINT_ONLY_OPTIONS = ("norm", "checkpoints")
 NORMS = ("seminorm", "full")
 
@@ -36,6 +36,7 @@ class SolverSettings:
     max_factor: float = 10.0
     norm: str = "full"
     checkpoints: int = 0
+    per_sample_steps: bool = False
 
 
 def resolve_method(method, argument: str = "method") -> ButcherTableau:
@@ -124,4 +125,9 @@ def make_settings(method, rtol, atol, options, *, argument_prefix: str = "", adj
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
             raise ValueError(f"{p}options['checkpoints'] must be a non-negative integer, got {k!r}")
         kwargs["checkpoints"] = int(k)
+    if "per_sample_steps" in options:
+        flag = options["per_sample_steps"]
+        if not isinstance(flag, bool):
+            raise TypeError(f"{p}options['per_sample_steps'] must be True or False, got {flag!r}")
+        kwargs["per_sample_steps"] = flag
     return SolverSettings(tableau=tableau, rtol=rtol, atol=atol, **kwargs)

@@ -19,8 +19,9 @@ import torch
 
 from .errors import SolveError
 from .options import SolverSettings
-from .runge_kutta import interpolate, rk_step
+from .runge_kutta import interpolate
 from .stats import StepCounter
+from .steppers import EagerStepper
 
 
 def integrate(
@@ -31,6 +32,7 @@ def integrate(
     counter: StepCounter,
     error_numel: Optional[int] = None,
     check_first: bool = True,
+    stepper: Optional[Callable] = None,
 ) -> torch.Tensor:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0``, and return ``y`` at every time in ``t``.
 
@@ -42,14 +44,25 @@ def integrate(
     - `error_numel`: if given, only the first ``error_numel`` entries of the flattened state
       enter the error norm (the seminorm of the adjoint solve).
     - `check_first`: check the shape, dtype and device of the first evaluation of ``func``.
+    - `stepper`: takes each step (see :mod:`helpers.steppers`); by default an
+      :class:`~helpers.steppers.EagerStepper` of ``func``. ``func`` itself is still called for the
+      first evaluation and the initial step size.
 
     **Returns:** a tensor of shape ``(len(t), *y0.shape)``.
     """
+    if settings.per_sample_steps:
+        from .per_sample import integrate_per_sample  # one step size per sample of a batch
+        return integrate_per_sample(func, y0, t, settings, counter, check_first=check_first)
     wrapped = _checked(func, y0) if check_first else func
+    if stepper is None:
+        stepper = EagerStepper(wrapped, settings.tableau, settings.rtol, settings.atol, error_numel)
+    elif check_first and not settings.tableau.adaptive:
+        # the first evaluation happens inside the stepper: check it there, eagerly, once
+        _check_output(func(t[0], y0), y0, t[0])
     if settings.tableau.adaptive:
-        ys = _integrate_adaptive(wrapped, y0, t, settings, counter, error_numel)
+        ys = _integrate_adaptive(wrapped, stepper, y0, t, settings, counter, error_numel)
     else:
-        ys = _integrate_fixed(wrapped, y0, t, settings, counter)
+        ys = _integrate_fixed(stepper, y0, t, settings, counter)
     return ys
 
 
@@ -92,13 +105,12 @@ def _check_finite(ys: torch.Tensor, t: torch.Tensor) -> None:
         )
 
 
-def _integrate_fixed(func, y0, t, settings: SolverSettings, counter: StepCounter) -> torch.Tensor:
+def _integrate_fixed(stepper, y0, t, settings: SolverSettings, counter: StepCounter) -> torch.Tensor:
     """Equal steps of at most ``step_size`` between consecutive requested times.
 
     Stepping onto every requested time (rather than interpolating) keeps the method's full order
     at the outputs, and makes each step's length a function of ``t``, so gradients reach ``t``.
     """
-    tableau = settings.tableau
     t_list = t.tolist()
     counts = []
     for a, b in zip(t_list[:-1], t_list[1:]):
@@ -120,23 +132,13 @@ def _integrate_fixed(func, y0, t, settings: SolverSettings, counter: StepCounter
         h = (t[i + 1] - start) / n if t_needs_grad else (t_list[i + 1] - t_list[i]) / n
         for j in range(n):
             t_j = start + j * h if j else start
-            y, _, _, nfe = rk_step(func, tableau, t_j, y, h)
+            y, _, _, nfe = stepper(t_j, y, h)
             counter.nfe += nfe
         counter.accepted += n
         ys.append(y)
     out = torch.stack(ys)
     _check_finite(out, t)
     return out
-
-
-def _error_ratio(error, y, y_new, rtol, atol, error_numel) -> float:
-    """The root-mean-square of the local error measured against the tolerance (≤ 1 accepts)."""
-    error, y, y_new = error.detach(), y.detach(), y_new.detach()  # step control is not differentiated
-    if error_numel is not None:
-        error, y, y_new = (x.reshape(-1)[:error_numel] for x in (error, y, y_new))
-    scale = torch.maximum(y.abs(), y_new.abs()).mul_(rtol).add_(atol)
-    ratio = torch.linalg.vector_norm(error / scale) / math.sqrt(max(error.numel(), 1))
-    return float(ratio)
 
 
 def _initial_step(func, t0, y0, f0, order, rtol, atol, direction, error_numel, counter) -> float:
@@ -162,7 +164,7 @@ def _initial_step(func, t0, y0, f0, order, rtol, atol, direction, error_numel, c
     return min(100 * h0, h1)
 
 
-def _integrate_adaptive(func, y0, t, settings: SolverSettings, counter: StepCounter, error_numel) -> torch.Tensor:
+def _integrate_adaptive(func, stepper, y0, t, settings: SolverSettings, counter: StepCounter, error_numel) -> torch.Tensor:
     tableau = settings.tableau
     t_list = t.tolist()
     t_end = t_list[-1]
@@ -210,9 +212,9 @@ def _integrate_adaptive(func, y0, t, settings: SolverSettings, counter: StepCoun
             h_f = t_end - t_now_f
         else:
             h = h_f = direction * h_abs
-        y_new, ks, error, nfe = rk_step(func, tableau, t_now, y, h, f0)
+        y_new, ks, ratio, nfe = stepper(t_now, y, h, f0)
         counter.nfe += nfe
-        ratio = _error_ratio(error, y, y_new, settings.rtol, settings.atol, error_numel)
+        ratio = float(ratio)  # the one synchronisation per step: accept or reject
         if not math.isfinite(ratio):
             nonfinite_at = t_now_f + h_f
             counter.rejected += 1
