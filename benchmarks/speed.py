@@ -21,16 +21,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import platform
 import statistics
 import sys
+import tempfile
 import time
 
-import torch
+# A fresh, empty cache for torch.compile's generated code, so that the reported first call pays
+# the whole compilation (inductor otherwise reuses kernels that earlier runs left on disk)
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="speed-inductor-"))
 
-import helpers
-from helpers.models import MLP
+import torch  # noqa: E402  (after the cache directory is chosen)
+
+import helpers  # noqa: E402
+from helpers.models import MLP  # noqa: E402
 
 try:
     import torchdiffeq
@@ -118,6 +124,27 @@ def unit_costs(func, y0, repeats):
     return costs
 
 
+def compiled_costs(func, y0, mode, repeats):
+    """Where a compiled step's time goes: median seconds of one call of a trivial compiled function
+    (the fixed cost of entering compiled code), of one rk4 step (four evaluations of f) compiled,
+    and of the same step eager."""
+    from helpers.steppers import EagerStepper, compile_options, compiled_stepper
+    from helpers.tableaus import RK4
+
+    t = torch.tensor(0.0, device=y0.device)
+    h = torch.tensor(0.01, device=y0.device)
+    trivial = torch.compile(lambda y: y + 1, options=compile_options(mode), dynamic=False)
+    compiled_step = compiled_stepper(func, RK4, 1e-6, 1e-6, mode)
+    eager_step = EagerStepper(func, RK4, 1e-6, 1e-6)
+    costs = []
+    with torch.no_grad():
+        for fn in (lambda: trivial(y0), lambda: compiled_step(t, y0, h), lambda: eager_step(t, y0, h)):
+            for _ in range(5):
+                fn()
+            costs.append(statistics.median(timed(fn, y0.device)[0] for _ in range(repeats)))
+    return costs
+
+
 def rel_diff(a, b):
     num = torch.sqrt(sum(((x - y).double() ** 2).sum() for x, y in zip(a, b)))
     den = torch.sqrt(sum((y.double() ** 2).sum() for y in b))
@@ -149,7 +176,7 @@ def make_runners(func, y0, adjoint, method, T, options, compile_mode, diffrax_mo
 
         def diffrax_run():
             _, grads = case.run()
-            return [torch.from_numpy(g) for g in grads]
+            return [torch.from_numpy(g.copy()) for g in grads]
         runners["diffrax"] = (case.compile_seconds, diffrax_run, case)
     return runners
 
@@ -182,6 +209,7 @@ def main(argv=None):
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
 
     f_cost, vjp_cost = unit_costs(func, y0, repeats=50)
+    step_costs = (None,) * 3 if compile_mode is None else compiled_costs(func, y0, compile_mode, 200)
     rows = []
     for name, adjoint, method, T, options in CASES:
         runners = make_runners(func, y0, adjoint, method, T, options, compile_mode, diffrax_module)
@@ -253,6 +281,10 @@ def main(argv=None):
         torch=torch.__version__, torchdiffeq=getattr(torchdiffeq, "__version__", "?"),
         f_cost_us=1e6 * f_cost, f_vjp_cost_us=1e6 * vjp_cost,
         compiled_mode=compile_mode,
+        # a trivial compiled call; one rk4 step (4 evaluations of f) compiled, and eager
+        compiled_call_us=None if step_costs[0] is None else 1e6 * step_costs[0],
+        compiled_rk4_step_us=None if step_costs[1] is None else 1e6 * step_costs[1],
+        eager_rk4_step_us=None if step_costs[2] is None else 1e6 * step_costs[2],
         diffrax=None if diffrax_module is None else diffrax_module.versions(),
     )
     table = format_table(header, rows)
@@ -331,7 +363,10 @@ def compiled_table(header, rows):
         + (f" and diffrax (jax {diffrax['jax']}, diffrax {diffrax['diffrax']}, one XLA thread)" if diffrax else ""),
         "",
         "Times are medians over the same alternating rounds as above; ratios are medians of the per-round ratios. "
-        "First call = the first forward+backward with these shapes, compilation included.",
+        "First call = the first forward+backward with these shapes, compilation included. "
+        f"Profile: entering any compiled function costs {header['compiled_call_us']:.1f} µs (a trivial one, "
+        f"timed); one rk4 step (4 evaluations of f, no gradient) takes {header['compiled_rk4_step_us']:.1f} µs "
+        f"compiled and {header['eager_rk4_step_us']:.1f} µs eager.",
         "",
         "| case | helpers eager ms | helpers compiled ms | compiled / eager | compiled / torchdiffeq | diffrax ms "
         "| compiled / diffrax | eager / diffrax | first call s, compiled | compile s, diffrax | NFE fwd/bwd diffrax "

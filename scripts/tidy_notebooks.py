@@ -60,8 +60,12 @@ def setup_cell(url: str) -> dict:
 
 def tidy(nb: dict, url: str) -> dict:
     cells = [c for c in nb["cells"] if not "".join(c.get("source", "")).startswith(MARKER)]
+    seen = set()
     for i, cell in enumerate(cells):
         cell.setdefault("id", f"cell-{i:03d}")  # nbformat 4.5 wants an id on every cell
+        if cell["id"] in seen:  # a cell inserted later took an id by position that another kept
+            cell["id"] = next(f"cell-{i:03d}{s}" for s in ("", *"abcdefghij") if f"cell-{i:03d}{s}" not in seen)
+        seen.add(cell["id"])
         if cell["cell_type"] == "code":
             cell["outputs"] = []
             cell["execution_count"] = None
