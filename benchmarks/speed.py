@@ -133,8 +133,8 @@ def compiled_costs(func, y0, mode, repeats):
 
     t = torch.tensor(0.0, device=y0.device)
     h = torch.tensor(0.01, device=y0.device)
-    trivial = torch.compile(lambda y: y + 1, options=compile_options(mode), dynamic=False)
-    compiled_step = compiled_stepper(func, RK4, 1e-6, 1e-6, mode)
+    trivial = torch.compile(lambda y: y + 1, options=compile_options(mode, y0.device.type), dynamic=False)
+    compiled_step = compiled_stepper(func, RK4, 1e-6, 1e-6, mode, device_type=y0.device.type)
     eager_step = EagerStepper(func, RK4, 1e-6, 1e-6)
     costs = []
     with torch.no_grad():

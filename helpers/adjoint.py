@@ -99,7 +99,7 @@ class _OdeintAdjointFunction(torch.autograd.Function):
         counter = StepCounter()
         try:
             with torch.no_grad():
-                stepper = make_stepper(func, settings, compiled)
+                stepper = make_stepper(func, settings, compiled, y0.device)
                 ys_grid = integrate(func, y0, grid, settings, counter, stepper=stepper)
         finally:
             counter.add_to(stats)
@@ -124,7 +124,7 @@ class _OdeintAdjointFunction(torch.autograd.Function):
         n = dynamics.n
         counter = StepCounter()
         error_numel = 2 * n if settings.norm == "seminorm" else None
-        stepper = make_stepper(func, settings, ctx.compiled, error_numel=error_numel,
+        stepper = make_stepper(func, settings, ctx.compiled, ys_grid.device, error_numel=error_numel,
                                adjoint_of=(params, ys_grid.shape[1:]))
         # the jump ∂L/∂z at each grid time: the incoming gradient at requested times, zero at checkpoints
         jumps = {j: grad_ys[k] for k, j in enumerate(out_index)}
@@ -270,5 +270,5 @@ def odeint_adjoint(
     stats.method = settings.tableau.name
     _set_last(stats)
     if resolve_compile(compiled) is not None:
-        make_stepper(func, adjoint_settings, compiled, adjoint_of=(params, y0.shape))  # refuse bad setups now
+        make_stepper(func, adjoint_settings, compiled, y0.device, adjoint_of=(params, y0.shape))  # refuse bad setups now
     return _OdeintAdjointFunction.apply(func, settings, adjoint_settings, stats, y0, t, compiled, *params)

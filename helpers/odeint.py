@@ -53,7 +53,7 @@ def check_inputs(func, y0, t) -> None:
                 raise ValueError(f"func's parameter {name!r} is on {p.device} but y0 is on {y0.device}; put both on the same device")
 
 
-def make_stepper(func, settings, compiled, error_numel=None, adjoint_of=None):
+def make_stepper(func, settings, compiled, device, error_numel=None, adjoint_of=None):
     """The compiled stepper that ``compiled`` asks for, or ``None`` for the default eager one."""
     mode = resolve_compile(compiled)
     if mode is None:
@@ -61,7 +61,7 @@ def make_stepper(func, settings, compiled, error_numel=None, adjoint_of=None):
     if settings.per_sample_steps:
         raise ValueError("compiled=True cannot be combined with options['per_sample_steps'] (yet); choose one")
     return compiled_stepper(func, settings.tableau, settings.rtol, settings.atol, mode,
-                            error_numel=error_numel, adjoint_of=adjoint_of)
+                            error_numel=error_numel, adjoint_of=adjoint_of, device_type=device.type)
 
 
 def _finite(x: float) -> bool:
@@ -117,7 +117,7 @@ def odeint(
     check_inputs(func, y0, t)
     settings = make_settings(method, rtol, atol, options)
     check_per_sample(y0, settings, "options")
-    stepper = make_stepper(func, settings, compiled)
+    stepper = make_stepper(func, settings, compiled, y0.device)
     stats = stats if stats is not None else SolveStats()
     stats.method = settings.tableau.name
     _set_last(stats)
