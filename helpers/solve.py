@@ -127,12 +127,20 @@ def _integrate_fixed(stepper, y0, t, settings: SolverSettings, counter: StepCoun
     # Steps carry gradients to t only when someone asks for them; otherwise a float step size
     # lets each stage be formed with fused adds.
     t_needs_grad = t.requires_grad and torch.is_grad_enabled()
+    # a compiled stepper can take several steps in one call (see helpers.steppers.CHAIN_LENGTH)
+    chain = getattr(stepper, "chain_length", None) or 0
     for i, n in enumerate(counts):
         start = t[i]
         h = (t[i + 1] - start) / n if t_needs_grad else (t_list[i + 1] - t_list[i]) / n
-        for j in range(n):
-            t_j = start + j * h if j else start
-            y, _, _, nfe = stepper(t_j, y, h)
+        j = 0
+        while j < n:
+            if chain and n - j >= chain:
+                times = torch.stack([start + k * h if k else start for k in range(j, j + chain)])
+                y, nfe = stepper.chain(times, y, h)
+                j += chain
+            else:
+                y, _, _, nfe = stepper(start + j * h if j else start, y, h)
+                j += 1
             counter.nfe += nfe
         counter.accepted += n
         ys.append(y)

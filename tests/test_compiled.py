@@ -129,6 +129,35 @@ def test_compiled_is_really_compiled():
     assert all(hasattr(steppers._CACHE[k], "_torchdynamo_orig_callable") for k in keys)
 
 
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+def test_fixed_steps_run_in_chains(monkeypatch, solver):
+    """Fixed-step solves take CHAIN_LENGTH steps per compiled call and single steps for the rest.
+
+    With step 0.05 the intervals [0, 0.4] and [0.4, 1] hold 8 and 12 steps: one chain of 5 and 3
+    single steps, then two chains and 2 single steps, in each direction of the adjoint.
+    """
+    from helpers import steppers
+    assert steppers.CHAIN_LENGTH == 5
+    calls = {"chain": 0, "step": 0}
+    chain, step = steppers.CompiledStepper.chain, steppers.CompiledStepper.__call__
+
+    def counted_chain(self, *args):
+        calls["chain"] += 1
+        return chain(self, *args)
+
+    def counted_step(self, *args):
+        calls["step"] += 1
+        return step(self, *args)
+
+    monkeypatch.setattr(steppers.CompiledStepper, "chain", counted_chain)
+    monkeypatch.setattr(steppers.CompiledStepper, "__call__", counted_step)
+    func, y0, t, weights = problem("cpu")
+    _, _, stats = solve_and_grad(SOLVERS[solver], func, y0, t, weights, True, **SETTINGS["rk4"])
+    solves = 2 if solver == "odeint_adjoint" else 1  # the adjoint solves forward and backward
+    assert calls == {"chain": 3 * solves, "step": 5 * solves}
+    assert stats.nfe_forward == 4 * 20
+
+
 @pytest.mark.parametrize("value,error,match", [
     ("fast", ValueError, "compiled='fast' is not a torch.compile mode"),
     (1, TypeError, "compiled must be True, False or a torch.compile mode"),
