@@ -96,8 +96,12 @@ def odeint(
     - `method`: ``"dopri5"`` (default), ``"bosh3"`` (adaptive); ``"euler"``, ``"midpoint"``,
       ``"rk4"`` (fixed step).
     - `options`: for fixed-step methods ``step_size`` (the largest step; each interval between
-      requested times is cut into equal steps no longer than it, one step per interval if
-      omitted) and ``max_num_steps``; for adaptive methods ``first_step``, ``max_num_steps``
+      requested times is cut into equal steps no longer than it, counted exactly (a length
+      within rounding of a whole number of steps takes that number), one step per interval if
+      omitted; torchdiffeq instead lays one grid ``t0 + k·step_size`` over the whole span and
+      interpolates linearly at requested times off it, so the two agree to rounding when
+      every requested time lies on that grid) and ``max_num_steps``; for adaptive methods
+      ``first_step``, ``max_num_steps``
       (default 10000), ``safety``, ``min_factor``, ``max_factor``, and ``per_sample_steps``
       (``True``: each row of ``y0``, a batch of independent problems along dim 0, takes its own
       step sizes, so one stiff row no longer slows the rest; ``func`` then gets a 1-D ``t``

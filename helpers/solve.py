@@ -105,6 +105,26 @@ def _check_finite(ys: torch.Tensor, t: torch.Tensor) -> None:
         )
 
 
+def step_counts(times: List[float], step_size: float, eps: float) -> List[int]:
+    """How many equal steps no longer than ``step_size`` each interval between ``times`` needs.
+
+    The ratio length/step_size is formed in float64 from the times as stored (in ``t``'s dtype,
+    whose spacing is ``eps``). A ratio within the rounding of the times of a whole number is that
+    number: in float32 the interval from 0.1 to 0.2 is 0.10000000149..., and 0.05 cuts it into 2
+    steps, not 3.
+    """
+    counts = []
+    for a, b in zip(times[:-1], times[1:]):
+        ratio = abs(b - a) / step_size
+        nearest = round(ratio)
+        # the times carry a relative error of eps/2 each; allow a few of those, relative to the
+        # largest time (absolute spacing), plus a few float64 ulps of the ratio itself
+        slack = 4 * eps * max(abs(a), abs(b)) / step_size + 8 * 2.0 ** -52 * ratio
+        n = nearest if nearest >= 1 and abs(ratio - nearest) <= slack else math.ceil(ratio)
+        counts.append(max(1, n))
+    return counts
+
+
 def _integrate_fixed(stepper, y0, t, settings: SolverSettings, counter: StepCounter) -> torch.Tensor:
     """Equal steps of at most ``step_size`` between consecutive requested times.
 
@@ -112,10 +132,8 @@ def _integrate_fixed(stepper, y0, t, settings: SolverSettings, counter: StepCoun
     at the outputs, and makes each step's length a function of ``t``, so gradients reach ``t``.
     """
     t_list = t.tolist()
-    counts = []
-    for a, b in zip(t_list[:-1], t_list[1:]):
-        n = 1 if settings.step_size is None else max(1, math.ceil(abs(b - a) / settings.step_size - 1e-9))
-        counts.append(n)
+    counts = [1] * (len(t_list) - 1) if settings.step_size is None else step_counts(
+        t_list, settings.step_size, torch.finfo(t.dtype).eps)
     total = sum(counts)
     if settings.max_num_steps is not None and total > settings.max_num_steps:
         raise SolveError(
