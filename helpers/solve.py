@@ -19,7 +19,7 @@ import torch
 
 from .errors import SolveError
 from .options import SolverSettings
-from .runge_kutta import interpolate
+from .runge_kutta import add_step, interpolate
 from .stats import StepCounter
 from .steppers import EagerStepper
 
@@ -62,7 +62,7 @@ def integrate(
     if settings.tableau.adaptive:
         ys = _integrate_adaptive(wrapped, stepper, y0, t, settings, counter, error_numel)
     else:
-        ys = _integrate_fixed(stepper, y0, t, settings, counter)
+        ys = _integrate_fixed(stepper, y0, t, settings, counter, func=wrapped)
     return ys
 
 
@@ -92,17 +92,24 @@ def _check_output(out, y0: torch.Tensor, t) -> None:
         raise ValueError(f"func(t, y) returned dtype {out.dtype} but y0 has dtype {y0.dtype}; they must match")
     if out.device != y0.device:
         raise ValueError(f"func(t, y) returned a tensor on {out.device} but y0 is on {y0.device}")
+    _check_first_finite(out, t)
 
 
-def _check_finite(ys: torch.Tensor, t: torch.Tensor) -> None:
-    """One synchronisation after a fixed-step solve: report the first output time that is not finite."""
-    finite = torch.isfinite(ys.reshape(len(t), -1)).all(dim=1)
-    if not bool(finite.all()):
-        i = int((~finite).nonzero()[0])
+def _check_first_finite(out: torch.Tensor, t) -> None:
+    """The first evaluation, at the (finite) initial state: nan or inf there is func's own doing."""
+    if not bool(torch.isfinite(out).all()):
         raise SolveError(
-            f"the state became non-finite (inf or nan) between t={float(t[i - 1]):.6g} and t={float(t[i]):.6g}; "
-            "the step size may be too large for this problem, or its solution blows up"
+            f"func returned a non-finite value (nan or inf) at the initial time t={float(t):.6g}, "
+            "for the initial state y0 (which is finite); check func there"
         )
+
+
+def _first_nonfinite(ys: torch.Tensor) -> Optional[int]:
+    """One synchronisation after a fixed-step solve: the first output that is not finite, or ``None``."""
+    finite = torch.isfinite(ys.reshape(len(ys), -1)).all(dim=1)
+    if bool(finite.all()):
+        return None
+    return int((~finite).nonzero()[0])
 
 
 def step_counts(times: List[float], step_size: float, eps: float) -> List[int]:
@@ -125,7 +132,8 @@ def step_counts(times: List[float], step_size: float, eps: float) -> List[int]:
     return counts
 
 
-def _integrate_fixed(stepper, y0, t, settings: SolverSettings, counter: StepCounter) -> torch.Tensor:
+def _integrate_fixed(stepper, y0, t, settings: SolverSettings, counter: StepCounter,
+                    func: Optional[Callable] = None) -> torch.Tensor:
     """Equal steps of at most ``step_size`` between consecutive requested times.
 
     Stepping onto every requested time (rather than interpolating) keeps the method's full order
@@ -163,8 +171,53 @@ def _integrate_fixed(stepper, y0, t, settings: SolverSettings, counter: StepCoun
         counter.accepted += n
         ys.append(y)
     out = torch.stack(ys)
-    _check_finite(out, t)
+    i = _first_nonfinite(out)
+    if i is not None:
+        found = None
+        if func is not None:  # say whether func itself returned nan/inf at a finite state
+            h = (t_list[i] - t_list[i - 1]) / counts[i - 1]
+            found = _replay_fixed(func, settings.tableau, out[i - 1], t_list[i - 1], h, counts[i - 1], t)
+        raise SolveError(found or (
+            f"the state became non-finite (inf or nan) between t={t_list[i - 1]:.6g} and t={t_list[i]:.6g}; "
+            "the step size may be too large for this problem, or its solution blows up"
+        ))
     return out
+
+
+def _replay_fixed(func, tableau, y, t0: float, h: float, n: int, t: torch.Tensor) -> Optional[str]:
+    """Retake the ``n`` steps that turned the state non-finite, checking every evaluation of ``func``.
+
+    Only after a failed fixed-step solve (so the checks' synchronisations cost nothing in a solve
+    that works). **Returns:** a message when ``func`` returned nan/inf at a finite state, else
+    ``None`` when the state turned non-finite without that (the generic message then stands).
+    """
+    with torch.no_grad():
+        for j in range(n):
+            t_j = t0 + j * h
+            ks = []
+            for i in range(tableau.stages):
+                y_i = y if i == 0 else add_step(y, h, tableau.a[i], ks)
+                if not bool(torch.isfinite(y_i).all()):
+                    return None
+                t_i = t_j + tableau.c[i] * h
+                k = func(torch.tensor(t_i, dtype=t.dtype, device=t.device), y_i)
+                if not bool(torch.isfinite(k).all()):
+                    size = float(y_i.abs().max()) if y_i.numel() else 0.0
+                    if size > _huge(y_i.dtype):
+                        return (
+                            f"the state became non-finite (inf or nan) between t={t0:.6g} and "
+                            f"t={t0 + n * h:.6g} after growing to |y| = {size:.3g} at t={t_i:.6g} (steps of "
+                            f"{h:.3g}); the solution blows up there, or the step size is too large"
+                        )
+                    return (
+                        f"func returned a non-finite value (nan or inf) at t={t_i:.6g} for a finite state "
+                        f"(largest |y| {size:.3g}), in the step of size {h:.3g} from t={t_j:.6g}; func itself "
+                        "produces nan/inf there, or the step left the region where func is defined "
+                        "(a smaller step_size may help)"
+                    )
+                ks.append(k)
+            y = add_step(y, h, tableau.b, ks)
+    return None
 
 
 def _initial_step(func, t0, y0, f0, order, rtol, atol, direction, error_numel, counter) -> float:
@@ -190,6 +243,49 @@ def _initial_step(func, t0, y0, f0, order, rtol, atol, direction, error_numel, c
     return min(100 * h0, h1)
 
 
+# Tries in which func returned nan/inf at a finite stage state, without the solve getting past the
+# time where it did, before the solve stops. Each such try shrinks the step by min_factor (0.2
+# by default), which lets a step that overshot the region where func is defined come back; a
+# func that returns nan/inf at or just after the current time is reported after a few tries.
+NONFINITE_TRIES = 8
+
+
+def _nonfinite_stage(tableau, t_f: float, y: torch.Tensor, h, h_f: float, ks):
+    """After a step whose error ratio was nan or inf: where ``func`` returned nan/inf at a finite state.
+
+    **Returns:** ``(t, largest |y|)`` of the first stage whose derivative is not finite while its
+    input state is, or ``None`` when every stage is finite (the error estimate overflowed) or the
+    offending stage's input already was not (the state blew up within the step).
+    """
+    finite = torch.stack([torch.isfinite(k).all() for k in ks]).tolist()
+    if all(finite):
+        return None
+    i = finite.index(False)
+    y_i = y if i == 0 else add_step(y, h, tableau.a[i], ks[:i])
+    size = float(y_i.detach().abs().max()) if y_i.numel() else 0.0
+    if not math.isfinite(size) or size > _huge(y_i.dtype):
+        return None
+    return t_f + tableau.c[i] * h_f, size
+
+
+def _huge(dtype: torch.dtype) -> float:
+    """A state this large is blowing up: squaring it overflows ``dtype``."""
+    return torch.finfo(dtype).max ** 0.5
+
+
+def _func_nonfinite_message(tries, t_now_f: float, underflow: Optional[float] = None) -> str:
+    t_bad, size = min(tries, key=lambda x: abs(x[0] - t_now_f))  # the failure nearest the solve
+    if underflow is not None:
+        how = f"the step size fell to {underflow:.3g} trying to avoid it"
+    else:
+        how = f"{len(tries)} tries from t={t_now_f:.6g}, each with a shorter step, failed so"
+    return (
+        f"func returned a non-finite value (nan or inf) at t={t_bad:.6g} for a finite state "
+        f"(largest |y| {size:.3g}); {how}. func itself produces nan/inf there (evaluate it near "
+        f"t={t_bad:.6g}), or the solution leaves the region where func is defined"
+    )
+
+
 def _integrate_adaptive(func, stepper, y0, t, settings: SolverSettings, counter: StepCounter, error_numel) -> torch.Tensor:
     tableau = settings.tableau
     t_list = t.tolist()
@@ -203,6 +299,7 @@ def _integrate_adaptive(func, stepper, y0, t, settings: SolverSettings, counter:
     y = y0
     f0 = func(t_now, y)
     counter.nfe += 1
+    _check_first_finite(f0, t_now_f)
     if settings.first_step is not None:
         h_abs = settings.first_step
     else:
@@ -213,6 +310,8 @@ def _integrate_adaptive(func, stepper, y0, t, settings: SolverSettings, counter:
     next_out = 1
     steps = 0
     nonfinite_at = None
+    func_nonfinite = []  # (t, largest |y|) where func gave nan/inf at a finite state, one per failed try
+    last_culprit = None  # the latest such (t, largest |y|)
     while next_out < len(t_list):
         if steps >= settings.max_num_steps:
             raise SolveError(
@@ -223,6 +322,8 @@ def _integrate_adaptive(func, stepper, y0, t, settings: SolverSettings, counter:
             )
         steps += 1
         if h_abs <= 4 * eps * max(abs(t_now_f), 1.0):
+            if last_culprit is not None:
+                raise SolveError(_func_nonfinite_message([last_culprit], t_now_f, underflow=h_abs))
             if nonfinite_at is not None:
                 raise SolveError(
                     f"the state became non-finite (inf or nan) near t={nonfinite_at:.6g} "
@@ -242,8 +343,15 @@ def _integrate_adaptive(func, stepper, y0, t, settings: SolverSettings, counter:
         counter.nfe += nfe
         ratio = float(ratio)  # the one synchronisation per step: accept or reject
         if not math.isfinite(ratio):
-            nonfinite_at = t_now_f + h_f
+            # rare, so more synchronisations are fine here: did func return nan/inf itself?
+            culprit = _nonfinite_stage(tableau, t_now_f, y, h, h_f, ks)
             counter.rejected += 1
+            if culprit is not None:
+                last_culprit = culprit
+                func_nonfinite.append(culprit)
+                if len(func_nonfinite) >= NONFINITE_TRIES:
+                    raise SolveError(_func_nonfinite_message(func_nonfinite, t_now_f))
+            nonfinite_at = t_now_f + h_f
             h_abs = abs(h_f) * settings.min_factor
             continue
         if ratio <= 1.0:
@@ -260,6 +368,8 @@ def _integrate_adaptive(func, stepper, y0, t, settings: SolverSettings, counter:
             t_now_f = t_new_f
             y, f0 = y_new, ks[-1]
             nonfinite_at = None
+            if func_nonfinite and direction * (t_now_f - func_nonfinite[-1][0]) > 0:
+                func_nonfinite = []  # the solve got past where func failed
         else:
             counter.rejected += 1
         factor = settings.max_factor if ratio == 0 else settings.safety * ratio ** exponent

@@ -57,3 +57,61 @@ def test_step_counts_rounding():
     # an interval shorter than step_size is one step; backward intervals count the same
     assert step_counts([0.0, 0.01], 0.05, f64) == [1]
     assert step_counts([1.0, 0.0], 0.25, f64) == [4]
+
+
+# --- 2. func returning nan or inf -------------------------------------------------------------
+
+
+def _nan_after_half(s, y):
+    return torch.where(s > 0.5, torch.full_like(y, float("nan")), -y)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "rk4"])
+def test_func_nan_at_first_evaluation(device, method):
+    y0 = torch.tensor([1.0, 2.0], dtype=F64, device=device)
+    t = torch.tensor([0.25, 2.0], dtype=F64, device=device)
+    with pytest.raises(helpers.SolveError, match=r"func returned a non-finite value .* initial time t=0.25"):
+        helpers.odeint(lambda s, y: y * float("nan"), y0, t, method=method, options=dict(step_size=0.1)
+                       if method == "rk4" else None)
+    assert helpers.last_stats().nfe_forward <= 1  # at once, not after 10,000 rejected steps
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3"])
+def test_func_nan_in_a_stage_adaptive(device, method):
+    """nan from t > 0.5 on: reported within a few tries, at t just past 0.5."""
+    y0 = torch.tensor([1.0, 2.0], dtype=F64, device=device)
+    t = torch.tensor([0.0, 2.0], dtype=F64, device=device)
+    with pytest.raises(helpers.SolveError, match="func returned a non-finite value") as info:
+        helpers.odeint(_nan_after_half, y0, t, method=method)
+    t_bad = float(str(info.value).split(" at t=")[1].split(" ")[0])
+    assert 0.5 < t_bad < 0.51
+    st = helpers.last_stats()
+    print(f"\n{method}: {info.value}\n({st.steps_accepted_forward} accepted, {st.steps_rejected_forward} rejected)")
+    assert st.steps_rejected_forward <= helpers.solve.NONFINITE_TRIES + 2
+
+
+def test_func_nan_in_a_stage_fixed(device):
+    y0 = torch.tensor([1.0, 2.0], dtype=F64, device=device)
+    t = torch.tensor([0.0, 1.0, 2.0], dtype=F64, device=device)
+    with pytest.raises(helpers.SolveError, match=r"func returned a non-finite value .* at t=0.55 .* from t=0.5"):
+        helpers.odeint(_nan_after_half, y0, t, method="rk4", options=dict(step_size=0.1))
+
+
+@pytest.mark.parametrize("method,options", [("dopri5", None), ("rk4", dict(step_size=0.1))])
+def test_blow_up_is_not_blamed_on_func(device, method, options):
+    """y' = y², y(0) = 1 blows up at t = 1: the state grows, func is fine."""
+    y0 = torch.ones(2, dtype=F64, device=device)
+    t = torch.tensor([0.0, 2.0], dtype=F64, device=device)
+    with pytest.raises(helpers.SolveError) as info:
+        helpers.odeint(lambda s, y: y ** 2, y0, t, method=method, options=options)
+    message = str(info.value)
+    assert "func returned" not in message
+    assert "blows up" in message or "singular" in message
+
+
+def test_leaving_the_domain_in_a_trial_step_still_solves(device):
+    """y' = -sqrt(y): a too-long trial step goes below 0 (nan); shorter ones recover."""
+    y0 = torch.ones(2, dtype=F64, device=device)
+    t = torch.tensor([0.0, 1.999], dtype=F64, device=device)
+    ys = helpers.odeint(lambda s, y: -torch.sqrt(y), y0, t, rtol=1e-9, atol=1e-12)
+    assert max_err(ys[-1], torch.full_like(y0, (1 - 1.999 / 2) ** 2)) < 1e-8
