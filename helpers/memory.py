@@ -23,9 +23,12 @@ class SavedTensors:
 
     **Fields:**
 
-    - `result`: what the measured function returned (it holds the graph alive).
+    - `result`: what the measured function returned, if it was asked for with
+      ``keep_result=True`` (it then holds the graph alive); otherwise ``None``.
     - `nbytes`: the bytes of the distinct storages that the graph still keeps for backward.
     - `count`: how many distinct storages those are.
+
+    Introduced in the chapter "The problem".
     """
 
     result: Any
@@ -33,7 +36,7 @@ class SavedTensors:
     count: int
 
 
-def saved_tensors(fn: Callable, *args, **kwargs) -> SavedTensors:
+def saved_tensors(fn: Callable, *args, keep_result: bool = False, **kwargs) -> SavedTensors:
     """Run ``fn(*args, **kwargs)`` and measure the tensors its autograd graph saved for backward.
 
     Each storage is counted once, by its address (``x * x`` saves ``x`` twice but keeps one
@@ -43,37 +46,45 @@ def saved_tensors(fn: Callable, *args, **kwargs) -> SavedTensors:
     returns counts. Tensors a graph holds without saving them through autograd (attributes a
     custom ``autograd.Function`` sets on ``ctx`` directly) are not seen.
 
+    The measurement itself keeps nothing: the hooks hand the graph a detached alias of each
+    saved tensor (same storage, no ``grad_fn``), so a saved output does not hold its own node in
+    a reference cycle, and the graph is freed as soon as the result is dropped.
+
     **Arguments:**
 
     - `fn`: the computation to measure, e.g. a forward pass that returns a loss.
     - `args`, `kwargs`: passed to ``fn``.
+    - `keep_result`: return ``fn``'s result (and with it its graph, ready for ``backward``);
+      by default it is dropped after measuring, which frees the graph.
 
-    **Returns:** a :class:`SavedTensors` with ``fn``'s result, the bytes kept and the number
-    of distinct storages.
+    **Returns:** a :class:`SavedTensors` with the bytes kept, the number of distinct storages,
+    and ``fn``'s result if ``keep_result`` is true.
 
     Introduced in the chapter "The problem".
     """
     seen: list = []
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        # a weak reference: it dies when the graph that saved the tensor is freed
-        seen.append(weakref.ref(tensor))
-        return tensor
+        # the graph holds this alias; it dies when the part of the graph that saved it is freed
+        alias = tensor.detach()
+        seen.append(weakref.ref(alias))
+        return alias
 
-    def unpack(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor
+    def unpack(alias: torch.Tensor) -> torch.Tensor:
+        return alias
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         result = fn(*args, **kwargs)
 
     storages = {}
     for ref in seen:
-        tensor = ref()
-        if tensor is None:
+        alias = ref()
+        if alias is None:
             continue
-        storage = tensor.untyped_storage()
-        storages[(tensor.device, storage.data_ptr())] = storage.nbytes()
-    return SavedTensors(result=result, nbytes=sum(storages.values()), count=len(storages))
+        storage = alias.untyped_storage()
+        storages[(alias.device, storage.data_ptr())] = storage.nbytes()
+    nbytes, count = sum(storages.values()), len(storages)
+    return SavedTensors(result=result if keep_result else None, nbytes=nbytes, count=count)
 
 
 def graph_memory(fn: Callable, *args, **kwargs) -> int:

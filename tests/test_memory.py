@@ -1,4 +1,7 @@
 """Tests for helpers.memory: exact byte counts on small graphs, and growth with the steps of a solve."""
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -13,11 +16,12 @@ def leaf(*shape, dtype=torch.float64):
 
 def test_product_of_two_leaves_saves_both():
     x, y = leaf(3, 4), leaf(3, 4)
-    measured = saved_tensors(lambda: x * y)
+    measured = saved_tensors(lambda: x * y, keep_result=True)
     assert isinstance(measured, SavedTensors)
     assert measured.nbytes == 2 * 3 * 4 * 8
     assert measured.count == 2
     assert torch.equal(measured.result, x * y)
+    assert saved_tensors(lambda: x * y).result is None  # dropped unless asked for
 
 
 def test_product_saves_only_what_backward_needs():
@@ -53,6 +57,96 @@ def test_a_discarded_graph_is_not_counted():
         return x.exp()  # saves its output: 6 entries
 
     assert graph_memory(compute) == 6 * 8
+
+
+def test_a_kept_result_backpropagates_like_an_unmeasured_one():
+    # exp and tanh save their outputs: the graph gets detached aliases of them, and the
+    # gradients (first and second order) must be those of the same graph built without hooks
+    x = leaf(7)
+    measured = saved_tensors(lambda: x.exp().tanh().sum(), keep_result=True)
+    assert measured.nbytes == 2 * 7 * 8
+    grad, = torch.autograd.grad(measured.result, x, create_graph=True)
+    second, = torch.autograd.grad(grad.sum(), x)
+    y = x.detach().clone().requires_grad_(True)
+    grad_ref, = torch.autograd.grad(y.exp().tanh().sum(), y, create_graph=True)
+    second_ref, = torch.autograd.grad(grad_ref.sum(), y)
+    assert torch.allclose(grad, grad_ref, rtol=1e-14, atol=0)
+    assert torch.allclose(second, second_ref, rtol=1e-14, atol=0)
+
+
+def test_the_measured_graph_is_freed_after_measuring():
+    # exp saves its output; a hook that handed the graph that very tensor made a reference
+    # cycle (tensor -> its node -> the saved tensor) that Python's garbage collector cannot
+    # see, so every measured graph stayed alive
+    x = leaf(50)
+    outputs = []
+
+    def compute():
+        out = torch.tanh(x * 2.0).exp()
+        outputs.append(weakref.ref(out))
+        return out.sum()
+
+    assert graph_memory(compute) == 2 * 50 * 8
+    gc.collect()
+    assert outputs[-1]() is None
+    kept = saved_tensors(compute, keep_result=True)  # asked for: the graph stays usable
+    grad, = torch.autograd.grad(kept.result, x)
+    assert torch.allclose(grad, 2 * (1 - torch.tanh(2 * x) ** 2) * torch.tanh(2 * x).exp())
+    del kept
+    gc.collect()
+    assert outputs[-1]() is None
+
+
+def test_process_memory_returns_to_its_baseline_after_measuring():
+    def resident_mib():
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * 4096 / 2**20
+
+    torch.manual_seed(0)
+    field = MLP((2, 32, 2), dtype=torch.float64)
+    z0 = torch.randn(256, 2, dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    options = dict(method="rk4", options=dict(step_size=1 / 20))
+    per_call = graph_memory(helpers.odeint, field, z0, t, **options)  # warm-up
+    assert per_call == pytest.approx(20 * 4 * 256 * 34 * 8, rel=0.01)  # 5.3 MiB
+    gc.collect()
+    baseline = resident_mib()
+    for _ in range(8):
+        assert graph_memory(helpers.odeint, field, z0, t, **options) == per_call
+    gc.collect()
+    # eight kept graphs would add 42 MiB
+    assert resident_mib() - baseline < 16
+
+
+class _Fast(torch.nn.Module):
+    # an MLP field sped up by a factor, so that dopri5 rejects some steps
+    def __init__(self, field, factor):
+        super().__init__()
+        self.field, self.factor = field, factor
+
+    def forward(self, t, z):
+        return self.factor * self.field(t, z)
+
+
+def test_a_rejected_step_adds_no_memory():
+    torch.manual_seed(0)
+    batch, hidden = 32, 64
+    field = _Fast(MLP((2, hidden, 2), dtype=torch.float64), 10.0)
+    z0 = torch.randn(batch, 2, dtype=torch.float64)
+    t = torch.tensor([0.0, 5.0], dtype=torch.float64)
+    # six new evaluations per accepted step (FSAL), each keeping batch x (2 + hidden) numbers
+    per_accepted = 6 * batch * (2 + hidden) * 8
+    rest, rejected_total = set(), 0
+    for rtol in (1e-1, 1e-2, 1e-3):
+        stats = helpers.SolveStats()
+        nbytes = graph_memory(
+            lambda: helpers.odeint(field, z0, t, rtol=rtol, atol=rtol / 100, stats=stats)[-1].sum())
+        rejected_total += stats.steps_rejected_forward
+        rest.add(nbytes - per_accepted * stats.steps_accepted_forward)
+    assert rejected_total >= 3  # the check below means something
+    # what is left over is the same for every run (the weights), whatever was rejected
+    assert len(rest) == 1
+    assert 0 <= rest.pop() < per_accepted
 
 
 def test_no_graph_no_memory():
