@@ -23,12 +23,13 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from .odeint import check_inputs, make_stepper
+from .odeint import check_inputs, make_stepper, one_time_solution, refuse_not_provided, refuse_tuple_per_sample
 from .options import SolverSettings, make_settings
 from .per_sample import backward_interval_per_sample, check_per_sample
 from .solve import integrate
 from .stats import SolveStats, StepCounter, _set_last
 from .steppers import resolve_compile
+from .tuple_state import flatten_state
 
 
 class AugmentedDynamics:
@@ -94,13 +95,15 @@ def checkpoint_grid(t: torch.Tensor, checkpoints: int):
 
 class _OdeintAdjointFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, func, settings, adjoint_settings, stats, y0, t, compiled, *params):
+    def forward(ctx, func, settings, adjoint_settings, stats, y0, t, compiled, guard, *params):
         grid, out_index = checkpoint_grid(t.detach(), adjoint_settings.checkpoints)
         counter = StepCounter()
         try:
             with torch.no_grad():
                 stepper = make_stepper(func, settings, compiled, y0.device)
-                ys_grid = integrate(func, y0, grid, settings, counter, stepper=stepper)
+                # the guard watches func's first evaluation (the solve needs it anyway)
+                forward_func = func if guard is None else guard.watch(func)
+                ys_grid = integrate(forward_func, y0, grid, settings, counter, stepper=stepper)
         finally:
             counter.add_to(stats)
         ctx.func, ctx.adjoint_settings, ctx.stats, ctx.params = func, adjoint_settings, stats, params
@@ -176,7 +179,7 @@ class _OdeintAdjointFunction(torch.autograd.Function):
         for p in params:
             grad_params.append(a_theta[offset:offset + p.numel()].view(p.shape).to(p.dtype))
             offset += p.numel()
-        return (None, None, None, None, lam if need_y0 else None, grad_t, None, *grad_params)
+        return (None, None, None, None, lam if need_y0 else None, grad_t, None, None, *grad_params)
 
 
 def _adjoint_params(func, adjoint_params, y0) -> tuple:
@@ -196,6 +199,98 @@ def _adjoint_params(func, adjoint_params, y0) -> tuple:
         if not p.dtype.is_floating_point:
             raise TypeError(f"parameters must be floating point to receive gradients, got {p.dtype}")
     return params
+
+
+class UntrackedGradientGuard:
+    """Refuses a ``func`` whose output depends on a grad-requiring tensor the adjoint was not given.
+
+    The adjoint differentiates only with respect to ``y0``, ``t`` and the adjoint parameters; a
+    tensor that ``func`` merely closes over (or holds as a plain attribute, not a Parameter)
+    would silently get no gradient. :meth:`watch` wraps ``func`` so that its first evaluation,
+    which the forward solve makes anyway, runs with autograd on; its graph is walked back to
+    the leaf tensors, and one that is neither an adjoint parameter nor a parameter of ``func``
+    raises ``ValueError``. No extra evaluation of ``func``.
+
+    **Arguments:**
+
+    - `func`: the vector field as the user gave it (for naming the tensor in the message).
+    - `known`: the tensors whose gradients the adjoint computes or deliberately leaves out.
+    """
+
+    def __init__(self, func, known: Sequence[torch.Tensor]):
+        self.func = func
+        self.known_leaves = {id(p) for p in known if p.grad_fn is None}
+        self.known_nodes = {p.grad_fn for p in known if p.grad_fn is not None}
+        self.pending = True
+
+    def watch(self, func: Callable) -> Callable:
+        """``func`` with its first call checked; later calls go straight through."""
+        def watched(t, y):
+            if not self.pending:
+                return func(t, y)
+            self.pending = False
+            with torch.enable_grad():
+                out = func(t.detach(), y.detach())
+            if isinstance(out, torch.Tensor) and out.requires_grad:
+                leaf = self.untracked_leaf(out)
+                if leaf is not None:
+                    raise ValueError(self.message(leaf))
+                out = out.detach()
+            return out
+        return watched
+
+    def untracked_leaf(self, out: torch.Tensor) -> Optional[torch.Tensor]:
+        """The first leaf tensor behind ``out`` that requires grad and is not known, or ``None``."""
+        stack, seen = [out.grad_fn], set()
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen or node in self.known_nodes:
+                continue
+            seen.add(node)
+            leaf = getattr(node, "variable", None)  # an AccumulateGrad node holds its leaf
+            if leaf is not None:
+                if id(leaf) not in self.known_leaves:
+                    return leaf
+                continue
+            stack.extend(next_node for next_node, _ in node.next_functions)
+        return None
+
+    def message(self, leaf: torch.Tensor) -> str:
+        name = _find_name(self.func, leaf)
+        shown = name or "w"
+        what = f"the tensor {name!r}" if name else "a tensor"
+        return (
+            f"func's output depends on {what} (shape {tuple(leaf.shape)}, {leaf.dtype}) that requires grad "
+            "but was not given to odeint_adjoint, so its gradient would be silently lost: the adjoint "
+            "differentiates only with respect to y0, t and adjoint_params. Pass it in adjoint_params, "
+            f"e.g. adjoint_params=[{shown}] for a plain function, or "
+            f"adjoint_params=list(model.parameters()) + [{shown}] for an nn.Module "
+            f"(or make it an nn.Parameter of the module); if its gradient is not wanted, use "
+            f"{shown}.detach() inside func or call {shown}.requires_grad_(False)"
+        )
+
+
+def _find_name(func, leaf: torch.Tensor) -> Optional[str]:
+    """A name for ``leaf`` as ``func`` sees it: a module attribute, a closure cell or a global."""
+    if isinstance(func, nn.Module):
+        for prefix, module in func.named_modules():
+            for key, value in vars(module).items():
+                if value is leaf:
+                    return f"{prefix}.{key}" if prefix else key
+        func = getattr(func, "base", func)  # a tuple-state wrapper around a plain function
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return None
+    for key, cell in zip(code.co_freevars, getattr(func, "__closure__", None) or ()):
+        try:
+            if cell.cell_contents is leaf:
+                return key
+        except ValueError:  # an empty cell
+            continue
+    for key in code.co_names:
+        if getattr(func, "__globals__", {}).get(key) is leaf:
+            return key
+    return None
 
 
 def odeint_adjoint(
@@ -237,14 +332,22 @@ def odeint_adjoint(
       those states.
     - `adjoint_params`: the tensors to differentiate with respect to; by default
       ``func.parameters()`` if ``func`` is an ``nn.Module``, else none (gradients still reach
-      ``y0`` and ``t``).
+      ``y0`` and ``t``). With autograd on, a ``func`` whose output depends on any other tensor
+      that requires grad (one it closes over, or a plain tensor attribute of the module) raises
+      ``ValueError``: its gradient would be lost. Pass it, e.g. ``adjoint_params=[w]`` or
+      ``adjoint_params=list(model.parameters()) + [w]``, or detach it. The check watches the
+      forward solve's first evaluation of ``func``; it costs no extra evaluation.
 
-    **Returns:** a tensor of shape ``(len(t), *y0.shape)``, the state at each time in ``t``.
+    **Returns:** a tensor of shape ``(len(t), *y0.shape)`` and ``y0``'s dtype, the state at each
+    time in ``t``; for a tuple ``y0`` (see :func:`helpers.odeint`), a tuple of such tensors.
 
     **Raises:** as :func:`helpers.odeint`; asking for a second-order gradient
     (``create_graph=True``) raises ``ValueError``.
     """
-    check_inputs(func, y0, t)
+    func, y0, unflatten = flatten_state(func, y0)
+    t = check_inputs(func, y0, t)
+    refuse_not_provided(method)
+    refuse_not_provided(adjoint_method, "adjoint_method")
     settings = make_settings(method, rtol, atol, options)
     if adjoint_method is None:
         adjoint_method = settings.tableau.name
@@ -263,12 +366,25 @@ def odeint_adjoint(
         argument_prefix="adjoint_",
         adjoint=True,
     )
+    refuse_tuple_per_sample(unflatten, settings, "options")
+    refuse_tuple_per_sample(unflatten, adjoint_settings, "adjoint_options")
     check_per_sample(y0, settings, "options")
     check_per_sample(y0, adjoint_settings, "adjoint_options")
     params = _adjoint_params(func, adjoint_params, y0)
     stats = stats if stats is not None else SolveStats()
     stats.method = settings.tableau.name
     _set_last(stats)
+    if len(t) == 1:
+        # nothing to solve; t gets a zero gradient, as from torchdiffeq's adjoint
+        ys = one_time_solution(y0, t)
+        if t.requires_grad:
+            ys = ys + 0 * t.sum()
+        return ys if unflatten is None else unflatten(ys)
     if resolve_compile(compiled) is not None:
         make_stepper(func, adjoint_settings, compiled, y0.device, adjoint_of=(params, y0.shape))  # refuse bad setups now
-    return _OdeintAdjointFunction.apply(func, settings, adjoint_settings, stats, y0, t, compiled, *params)
+    guard = None
+    if torch.is_grad_enabled():
+        known = params + (tuple(func.parameters()) if isinstance(func, nn.Module) else ())
+        guard = UntrackedGradientGuard(func, known)
+    ys = _OdeintAdjointFunction.apply(func, settings, adjoint_settings, stats, y0, t, compiled, guard, *params)
+    return ys if unflatten is None else unflatten(ys)

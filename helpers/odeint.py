@@ -13,15 +13,21 @@ from .per_sample import check_per_sample
 from .steppers import compiled_stepper, resolve_compile
 from .solve import integrate
 from .stats import SolveStats, StepCounter, _set_last
+from .tuple_state import flatten_state
 
 
-def check_inputs(func, y0, t) -> None:
-    """Check ``func``, ``y0`` and ``t`` as ``odeint`` and ``odeint_adjoint`` take them."""
+def check_inputs(func, y0, t) -> torch.Tensor:
+    """Check ``func``, ``y0`` and ``t`` as ``odeint`` and ``odeint_adjoint`` take them.
+
+    **Returns:** ``t`` cast to ``y0``'s dtype (still linked to the original ``t`` by autograd,
+    so its gradient arrives in the original dtype): ``func`` always sees times in the state's
+    dtype, and the solution has the state's dtype, as in torchdiffeq.
+    """
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
     if not isinstance(y0, torch.Tensor):
-        hint = " (tuples of tensors are not supported: concatenate them into one tensor)" if isinstance(y0, (tuple, list)) else ""
-        raise TypeError(f"y0 must be a torch.Tensor, got {type(y0).__name__}{hint}")
+        hint = " (a tuple of tensors is accepted too, a list is not)" if isinstance(y0, list) else ""
+        raise TypeError(f"y0 must be a torch.Tensor or a tuple of tensors, got {type(y0).__name__}{hint}")
     if not y0.dtype.is_floating_point:
         raise TypeError(f"y0 must be a real floating-point tensor (float32 or float64), got dtype {y0.dtype}")
     if not isinstance(t, torch.Tensor):
@@ -30,20 +36,24 @@ def check_inputs(func, y0, t) -> None:
         raise TypeError(f"t must be a floating-point tensor, got dtype {t.dtype}")
     if t.dim() != 1:
         raise ValueError(f"t must be 1-D, got a tensor of shape {tuple(t.shape)}")
-    if len(t) < 2:
-        raise ValueError(f"t must hold at least two times (the start and an output time), got {len(t)}")
+    t_dtype = t.dtype
+    if len(t) < 1:
+        raise ValueError("t must hold at least one time (the initial time), got an empty tensor")
     if t.device != y0.device:
         raise ValueError(f"t is on {t.device} but y0 is on {y0.device}; put both on the same device")
+    if t.dtype != y0.dtype:
+        t = t.to(y0.dtype)
     times = t.tolist()
     if not all(map(_finite, times)):
         raise ValueError("t must contain only finite values")
     steps = [b - a for a, b in zip(times[:-1], times[1:])]
-    increasing = steps[0] > 0
+    increasing = bool(steps) and steps[0] > 0
     for i, step in enumerate(steps):
         if step == 0 or (step > 0) != increasing:
+            cast = f" (after casting t to y0's dtype {y0.dtype})" if t.dtype != t_dtype else ""
             raise ValueError(
                 "t must be strictly increasing or strictly decreasing; "
-                f"t[{i}]={times[i]!r} and t[{i + 1}]={times[i + 1]!r} break that"
+                f"t[{i}]={times[i]!r} and t[{i + 1}]={times[i + 1]!r} break that{cast}"
             )
     if not bool(torch.isfinite(y0).all()):
         raise ValueError("y0 contains inf or nan")
@@ -51,6 +61,7 @@ def check_inputs(func, y0, t) -> None:
         for name, p in func.named_parameters():
             if p.device != y0.device:
                 raise ValueError(f"func's parameter {name!r} is on {p.device} but y0 is on {y0.device}; put both on the same device")
+    return t
 
 
 def make_stepper(func, settings, compiled, device, error_numel=None, adjoint_of=None):
@@ -62,6 +73,25 @@ def make_stepper(func, settings, compiled, device, error_numel=None, adjoint_of=
         raise ValueError("compiled=True cannot be combined with options['per_sample_steps'] (yet); choose one")
     return compiled_stepper(func, settings.tableau, settings.rtol, settings.atol, mode,
                             error_numel=error_numel, adjoint_of=adjoint_of, device_type=device.type)
+
+
+# torchdiffeq's multistep and SciPy methods: not Runge–Kutta tableaus, so helpers leaves them out
+NOT_PROVIDED = ("adams", "explicit_adams", "implicit_adams", "fixed_adams", "scipy_solver")
+
+
+def refuse_not_provided(method, argument: str = "method") -> None:
+    """Refuse, with a way forward, a torchdiffeq method that helpers does not provide."""
+    if isinstance(method, str) and method in NOT_PROVIDED:
+        raise ValueError(
+            f"{argument}={method!r} is a torchdiffeq method that helpers does not provide (helpers has "
+            "the Runge-Kutta methods only); use 'dopri5' (adaptive, the default) or 'rk4' (fixed step), "
+            f"or call torchdiffeq.odeint itself for {method!r}"
+        )
+
+
+def one_time_solution(y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The solution at the single time ``t[0]``: ``y0`` itself, as a new tensor of shape ``(1, *y0.shape)``."""
+    return y0.unsqueeze(0).clone()
 
 
 def _finite(x: float) -> bool:
@@ -89,12 +119,14 @@ def odeint(
 
     - `func`: the vector field, called as ``func(t, y)`` with a 0-d tensor ``t``; it returns
       ``dy/dt`` with ``y``'s shape, dtype and device. An ``nn.Module`` or any callable.
-    - `y0`: the initial state, a floating-point tensor of any shape (a batch is fine).
+    - `y0`: the initial state, a floating-point tensor of any shape (a batch is fine), or a
+      tuple of such tensors of one dtype on one device; ``func`` then takes and returns tuples.
     - `t`: 1-D, strictly increasing or strictly decreasing, on ``y0``'s device. ``t[0]`` is the
-      initial time.
+      initial time; a single time returns ``y0``. ``t`` is cast to ``y0``'s dtype (``func``
+      sees times in that dtype; the gradient with respect to ``t`` keeps ``t``'s dtype).
     - `rtol`, `atol`: relative and absolute tolerances of the adaptive methods.
     - `method`: ``"dopri5"`` (default), ``"bosh3"`` (adaptive); ``"euler"``, ``"midpoint"``,
-      ``"rk4"`` (fixed step).
+      ``"rk4"`` (fixed step). torchdiffeq's Adams and SciPy methods are not provided.
     - `options`: for fixed-step methods ``step_size`` (the largest step; each interval between
       requested times is cut into equal steps no longer than it, counted exactly (a length
       within rounding of a whole number of steps takes that number), one step per interval if
@@ -113,20 +145,36 @@ def odeint(
       first call with new shapes pays the compilation. ``False`` (default) runs eagerly. See
       :mod:`helpers.steppers`.
 
-    **Returns:** a tensor of shape ``(len(t), *y0.shape)``, the state at each time in ``t``.
+    **Returns:** a tensor of shape ``(len(t), *y0.shape)`` and ``y0``'s dtype, the state at each
+    time in ``t``; for a tuple ``y0``, a tuple of such tensors, one per member.
 
     **Raises:** ``TypeError``/``ValueError`` for bad arguments, :class:`helpers.SolveError`
     when a solve cannot reach the final time.
     """
-    check_inputs(func, y0, t)
+    func, y0, unflatten = flatten_state(func, y0)
+    t = check_inputs(func, y0, t)
+    refuse_not_provided(method)
     settings = make_settings(method, rtol, atol, options)
+    refuse_tuple_per_sample(unflatten, settings, "options")
     check_per_sample(y0, settings, "options")
-    stepper = make_stepper(func, settings, compiled, y0.device)
     stats = stats if stats is not None else SolveStats()
     stats.method = settings.tableau.name
     _set_last(stats)
+    if len(t) == 1:
+        ys = one_time_solution(y0, t)
+        return ys if unflatten is None else unflatten(ys)
+    stepper = make_stepper(func, settings, compiled, y0.device)
     counter = StepCounter()
     try:
-        return integrate(func, y0, t, settings, counter, stepper=stepper)
+        ys = integrate(func, y0, t, settings, counter, stepper=stepper)
     finally:
         counter.add_to(stats)
+    return ys if unflatten is None else unflatten(ys)
+
+
+def refuse_tuple_per_sample(unflatten, settings, argument: str) -> None:
+    """Per-sample steps need a batch along dim 0, which a flattened tuple state no longer has."""
+    if unflatten is not None and settings.per_sample_steps:
+        raise ValueError(
+            f"{argument}['per_sample_steps'] needs y0 to be one tensor with the batch along dim 0, "
+            "not a tuple of tensors; concatenate the members along their last dimension instead")
