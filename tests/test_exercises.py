@@ -1,0 +1,472 @@
+"""helpers.exercises: every checker passes its reference answer, fails planted wrong answers with
+a message that names the quantity, calls an untouched starter "not attempted", and never prints
+the reference answer's numbers. Also: the package ships in the wheel, and ``./run lab`` serves
+the chapters."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+
+import pytest
+import torch
+
+from helpers import exercises as ex
+from helpers.exercises import _core
+from helpers.problems import ExponentialODE, TimeDependentODE
+from helpers.quadrature import simpson
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- reference answers
+def ibp_terms(lam, lam_dot, z, t):
+    boundary = lam[-1] @ z[-1] - lam[0] @ z[0]
+    return boundary, simpson((lam_dot * z).sum(dim=1), t)
+
+
+def closed_form(theta, z0, t0, t1):
+    T = t1 - t0
+    grow = math.exp(2 * theta * T)
+    return T * (z0 @ z0) * grow, z0 * grow
+
+
+def timedep(a, b, z0, t0, t1):
+    c = (z0 @ z0) * math.exp(2 * a * (t1 - t0) + 2 * b * (math.sin(t1) - math.sin(t0)))
+    return c * (t1 - t0), c * (math.sin(t1) - math.sin(t0))
+
+
+def mlp_vjp(W1, b1, W2, b2, z, lam):
+    h = torch.tanh(W1 @ z + b1)
+    mu = (lam @ W2) * (1 - h ** 2)
+    return mu @ W1, (torch.outer(mu, z), mu, torch.outer(lam, h), lam)
+
+
+def my_vjp(func, t, z, lam):
+    params = [p for p in func.parameters() if p.requires_grad]
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        out = func(t, z)
+        grads = torch.autograd.grad(out, (z, *params), grad_outputs=lam)
+    return grads[0], tuple(grads[1:])
+
+
+def my_augmented(func, t, z, lam):
+    vz, vtheta = my_vjp(func, t, z, lam)
+    return func(t, z).detach(), -vz, tuple(-v for v in vtheta)
+
+
+def _rk4(rhs, t, state, h):
+    k1 = rhs(t, state)
+    k2 = rhs(t + h / 2, [y + h / 2 * k for y, k in zip(state, k1)])
+    k3 = rhs(t + h / 2, [y + h / 2 * k for y, k in zip(state, k2)])
+    k4 = rhs(t + h, [y + h * k for y, k in zip(state, k3)])
+    return [y + h / 6 * (a + 2 * b + 2 * c + d) for y, a, b, c, d in zip(state, k1, k2, k3, k4)]
+
+
+def _solve(func, z0, t0, t1, loss_fn, steps, augmented=my_augmented):
+    h = (t1 - t0) / steps
+    with torch.no_grad():
+        state = [z0]
+        for k in range(steps):
+            state = _rk4(lambda t, s: [func(torch.tensor(t, dtype=torch.float64), s[0])], t0 + k * h, state, h)
+    z1 = state[0].clone().requires_grad_(True)
+    (lam1,) = torch.autograd.grad(loss_fn(z1), z1)
+    params = [p for p in func.parameters() if p.requires_grad]
+
+    def rhs(t, s):
+        dz, dlam, dth = augmented(func, torch.tensor(t, dtype=torch.float64), s[0], s[1])
+        return [dz, dlam, *dth]
+
+    state = [z1.detach(), lam1, *[torch.zeros_like(p) for p in params]]
+    for k in range(steps):
+        state = [x.detach() for x in _rk4(rhs, t1 - k * h, state, -h)]
+    return state, lam1, z1.detach()
+
+
+def my_adjoint(func, z0, t0, t1, loss_fn, steps):
+    state, _, _ = _solve(func, z0, t0, t1, loss_fn, steps)
+    return state[1], state[2:]
+
+
+def my_dldt(func, z0, t0, t1, loss_fn, steps):
+    state, lam1, z1 = _solve(func, z0, t0, t1, loss_fn, steps)
+    with torch.no_grad():
+        dt0 = -(state[1] * func(torch.tensor(t0, dtype=torch.float64), z0)).sum()
+        dt1 = (lam1 * func(torch.tensor(t1, dtype=torch.float64), z1)).sum()
+    return dt0, dt1
+
+
+REFERENCE = {
+    "ch3-ex-ibp-terms": ibp_terms,
+    "ch3-ex-encoder": "b",
+    "ch4-ex-closed-form": closed_form,
+    "ch4-ex-timedep": timedep,
+    "ch5-ex-byhand": mlp_vjp,
+    "ch5-ex-my-vjp": my_vjp,
+    "ch5-ex-jvp": "c",
+    "ch6-ex-my-dynamics": my_augmented,
+    "ch6-ex-my-adjoint": my_adjoint,
+    "ch9-ex-my-dldt0": my_dldt,
+    "ch9-q-sign": "b",
+}
+
+
+# ------------------------------------------------- planted wrong answers: (label, answer, quantity)
+def _flip_boundary(lam, lam_dot, z, t):
+    b, i = ibp_terms(lam, lam_dot, z, t)
+    return lam[-1] @ z[-1] + lam[0] @ z[0], i
+
+
+def _lam_not_lam_dot(lam, lam_dot, z, t):  # λ instead of λ̇: the wrong integrand
+    return ibp_terms(lam, lam_dot, z, t)[0], simpson((lam * z).sum(dim=1), t)
+
+
+def _transposed_ibp(lam, lam_dot, z, t):  # z λ̇ instead of λ̇ z: a d x d matrix
+    return ibp_terms(lam, lam_dot, z, t)[0], simpson(z[:, :, None] * lam_dot[:, None, :], t)
+
+
+def _closed_once(theta, z0, t0, t1):  # e^{θT} where e^{2θT} belongs
+    T = t1 - t0
+    return T * (z0 @ z0) * math.exp(theta * T), z0 * math.exp(2 * theta * T)
+
+
+def _closed_no_length(theta, z0, t0, t1):  # the factor t1 - t0 missing
+    g, lam0 = closed_form(theta, z0, t0, t1)
+    return g / (t1 - t0), lam0
+
+
+def _closed_lam_sign(theta, z0, t0, t1):
+    g, lam0 = closed_form(theta, z0, t0, t1)
+    return g, -lam0
+
+
+def _timedep_cos(a, b, z0, t0, t1):  # ∫ cos t dt taken as cos t1 - cos t0
+    da, db = timedep(a, b, z0, t0, t1)
+    return da, db / (math.sin(t1) - math.sin(t0)) * (math.cos(t1) - math.cos(t0))
+
+
+def _timedep_sign(a, b, z0, t0, t1):
+    da, db = timedep(a, b, z0, t0, t1)
+    return -da, db
+
+
+def _byhand_transposed(W1, b1, W2, b2, z, lam):  # z μ instead of μᵀ zᵀ
+    vz, (gW1, gb1, gW2, gb2) = mlp_vjp(W1, b1, W2, b2, z, lam)
+    return vz, (gW1.T, gb1, gW2, gb2)
+
+
+def _byhand_no_tanh(W1, b1, W2, b2, z, lam):  # tanh's derivative missing
+    h = torch.tanh(W1 @ z + b1)
+    mu = lam @ W2
+    return mu @ W1, (torch.outer(mu, z), mu, torch.outer(lam, h), lam)
+
+
+def _vjp_sign(func, t, z, lam):
+    vz, vth = my_vjp(func, t, z, lam)
+    return -vz, vth
+
+
+def _vjp_jacobian_transposed(func, t, z, lam):  # ∂f/∂z λᵀ instead of λ ∂f/∂z
+    vz, vth = my_vjp(func, t, z, lam)
+    J = torch.autograd.functional.jacobian(lambda x: func(t, x), z.detach())
+    if z.dim() == 1:
+        return J @ lam, vth
+    return torch.einsum("bibj,bj->bi", J, lam), vth
+
+
+def _vjp_no_batch_sum(func, t, z, lam):  # parameter products of the first row only
+    if z.dim() == 1:
+        return my_vjp(func, t, z, lam)
+    vz, _ = my_vjp(func, t, z, lam)
+    return vz, my_vjp(func, t, z[:1], lam[:1])[1]
+
+
+def _dyn_plus(func, t, z, lam):  # +λ ∂f/∂z: a sign error in the adjoint equation
+    dz, dlam, dth = my_augmented(func, t, z, lam)
+    return dz, -dlam, dth
+
+
+def _dyn_theta_plus(func, t, z, lam):
+    dz, dlam, dth = my_augmented(func, t, z, lam)
+    return dz, dlam, tuple(-x for x in dth)
+
+
+def _adjoint_euler(func, z0, t0, t1, loss_fn, steps):  # a plain explicit Euler solve
+    h = (t1 - t0) / steps
+    with torch.no_grad():
+        z = z0.clone()
+        for k in range(steps):
+            z = z + h * func(torch.tensor(t0 + k * h, dtype=torch.float64), z)
+    z1 = z.clone().requires_grad_(True)
+    (lam,) = torch.autograd.grad(loss_fn(z1), z1)
+    params = [p for p in func.parameters() if p.requires_grad]
+    z, a = z1.detach(), [torch.zeros_like(p) for p in params]
+    for k in range(steps):
+        dz, dlam, dth = my_augmented(func, torch.tensor(t1 - k * h, dtype=torch.float64), z, lam)
+        z, lam = z - h * dz, lam - h * dlam
+        a = [x - h * y for x, y in zip(a, dth)]
+    return lam, a
+
+
+def _adjoint_no_theta_minus(func, z0, t0, t1, loss_fn, steps):
+    aug = lambda f, t, z, lam: _dyn_theta_plus(f, t, z, lam)  # noqa: E731
+    state, _, _ = _solve(func, z0, t0, t1, loss_fn, steps, augmented=aug)
+    return state[1], state[2:]
+
+
+def _dldt_sign(func, z0, t0, t1, loss_fn, steps):
+    dt0, dt1 = my_dldt(func, z0, t0, t1, loss_fn, steps)
+    return -dt0, dt1
+
+
+def _dldt_wrong_end(func, z0, t0, t1, loss_fn, steps):  # λ(t1) f(t1) used for t0
+    dt0, dt1 = my_dldt(func, z0, t0, t1, loss_fn, steps)
+    return -dt1, dt1
+
+
+WRONG = [
+    ("ch3-ex-ibp-terms", _flip_boundary, "boundary term"),
+    ("ch3-ex-ibp-terms", _lam_not_lam_dot, "integral"),
+    ("ch3-ex-ibp-terms", _transposed_ibp, "integral"),
+    ("ch3-ex-encoder", "a", "option (a)"),
+    ("ch3-ex-encoder", "d", "option (d)"),
+    ("ch4-ex-closed-form", _closed_once, "dL/dθ"),
+    ("ch4-ex-closed-form", _closed_no_length, "dL/dθ"),
+    ("ch4-ex-closed-form", _closed_lam_sign, "λ(t0)"),
+    ("ch4-ex-timedep", _timedep_cos, "dL/db"),
+    ("ch4-ex-timedep", _timedep_sign, "dL/da"),
+    ("ch5-ex-byhand", _byhand_transposed, "λ ∂f/∂W1"),
+    ("ch5-ex-byhand", _byhand_no_tanh, "λ ∂f/∂z"),
+    ("ch5-ex-my-vjp", _vjp_sign, "λ ∂f/∂z"),
+    ("ch5-ex-my-vjp", _vjp_jacobian_transposed, "λ ∂f/∂z"),
+    ("ch5-ex-my-vjp", _vjp_no_batch_sum, "λ ∂f/∂θ"),
+    ("ch5-ex-jvp", "b", "option (b)"),
+    ("ch6-ex-my-dynamics", _dyn_plus, "dλ/dt"),
+    ("ch6-ex-my-dynamics", _dyn_theta_plus, "da_θ/dt"),
+    ("ch6-ex-my-adjoint", _adjoint_euler, "dL/dz0"),
+    ("ch6-ex-my-adjoint", _adjoint_no_theta_minus, "dL/dθ"),
+    ("ch9-ex-my-dldt0", _dldt_sign, "dL/dt0"),
+    ("ch9-ex-my-dldt0", _dldt_wrong_end, "dL/dt0"),
+    ("ch9-q-sign", "a", "option (a)"),
+]
+
+
+def _starter(*args):
+    raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------ tests
+def test_every_registered_exercise_has_a_reference_and_a_planted_wrong_answer():
+    assert sorted(REFERENCE) == ex.labels()
+    assert {label for label, _, _ in WRONG} == set(ex.labels())
+
+
+@pytest.mark.parametrize("label", sorted(REFERENCE))
+def test_reference_answer_is_right(label, capsys):
+    result = ex.check(label, REFERENCE[label])
+    assert result.status == "right", result.message
+    assert result.message in capsys.readouterr().out
+    assert "right" in result.message
+    if callable(REFERENCE[label]):
+        assert result.error is not None and result.error < 1e-5
+
+
+@pytest.mark.parametrize("label,answer,quantity", WRONG,
+                         ids=[f"{w[0]}-{getattr(w[1], '__name__', w[1])}" for w in WRONG])
+def test_planted_wrong_answer_is_caught_and_named(label, answer, quantity):
+    result = ex.check(label, answer)
+    assert result.status == "wrong", result.message
+    first = result.message.splitlines()[0]
+    assert quantity in first, result.message
+    assert "Look at:" in result.message and "ex.hint" in result.message
+    if callable(answer):
+        assert "case " in first  # at which input
+
+
+@pytest.mark.parametrize("label", sorted(REFERENCE))
+@pytest.mark.parametrize("starter", [..., None, _starter], ids=["ellipsis", "none", "raises"])
+def test_untouched_starter_is_not_attempted(label, starter):
+    if starter is _starter and not callable(REFERENCE[label]):
+        pytest.skip("a multiple-choice answer is a letter, not a function")
+    result = ex.check(label, starter)
+    assert result.status == "not attempted" and "not attempted yet" in result.message
+    assert result.error is None
+
+
+def _numbers(value):
+    """The ways a reference value might be printed."""
+    flat = []
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            flat += _numbers(v)
+        return flat
+    if isinstance(value, torch.Tensor):
+        return [x for v in value.detach().reshape(-1).tolist() for x in _numbers(v)]
+    x = float(value)
+    if abs(x) < 1e-3:  # tiny values print as noise in any message; nothing to leak
+        return []
+    forms = [f"{x:.3f}", f"{x:.4g}", f"{x:.2e}", f"{x:.3e}", f"{x:.6f}"]
+    return [s for s in forms if len(s.lstrip("-")) >= 4]  # "2" alone says nothing
+
+
+class Recorder:
+    """Wraps a reference answer: returns its values and remembers them."""
+
+    def __init__(self, fn):
+        self.fn, self.values = fn, []
+
+    def __call__(self, *args):
+        out = self.fn(*args)
+        self.values.append(out)
+        return out
+
+
+@pytest.mark.parametrize("label", sorted(k for k, v in REFERENCE.items() if callable(v)))
+def test_no_message_contains_the_reference_numbers(label):
+    recorder = Recorder(REFERENCE[label])
+    messages = [ex.check(label, recorder).message]
+    for lab, answer, _ in WRONG:
+        if lab == label:
+            wrapped = Recorder(answer)
+            messages.append(ex.check(label, wrapped).message)
+    messages += [ex.check(label, ...).message]
+    messages += [ex.hint(label, n) for n in (1, 2, 3)]
+    numbers = {s for v in recorder.values for s in _numbers(v)}
+    assert numbers, "the recorder saw no reference values"
+    for message in messages:
+        leaked = [s for s in numbers if s in message]
+        assert not leaked, f"{label}: message shows reference values {leaked}:\n{message}"
+
+
+def test_multiple_choice_answers_are_not_stored_in_clear():
+    source = "".join(p.read_text() for p in (ROOT / "helpers" / "exercises").glob("*.py"))
+    for label in ("ch3-ex-encoder", "ch5-ex-jvp", "ch9-q-sign"):
+        assert _core.digest(label, REFERENCE[label]) in source
+        assert not re.search(rf'right\s*=\s*"{REFERENCE[label]}"', source)
+
+
+def test_check_accepts_option_spellings():
+    assert ex.check("ch9-q-sign", " (B) ").status == "right"
+    assert ex.check("ch9-q-sign", "z").status == "wrong"
+    assert "not one of the options" in ex.check("ch9-q-sign", "z").message
+
+
+def test_bad_label_and_hint_arguments_raise():
+    with pytest.raises(ValueError, match="label 'ch4-nope'.*ch4-ex-closed-form"):
+        ex.check("ch4-nope", closed_form)
+    with pytest.raises(TypeError, match="label"):
+        ex.check(4, closed_form)
+    with pytest.raises(ValueError, match="n must be"):
+        ex.hint("ch4-ex-closed-form", 4)
+    with pytest.raises(TypeError, match="n must be"):
+        ex.hint("ch4-ex-closed-form", "1")
+
+
+def test_hints_are_graded_and_distinct():
+    for label in ex.labels():
+        hints = [ex.hint(label, n) for n in (1, 2, 3)]
+        assert len(set(hints)) == 3 and all(f"hint {n} of 3" in h for n, h in zip((1, 2, 3), hints))
+
+
+def test_a_function_that_crashes_is_wrong_not_an_error():
+    def broken(theta, z0, t0, t1):
+        return undefined_name  # noqa: F821
+
+    result = ex.check("ch4-ex-closed-form", broken)
+    assert result.status == "wrong" and "NameError" in result.message
+
+
+def test_right_answer_reports_its_error_and_result_is_truthy():
+    result = ex.check("ch4-ex-closed-form", closed_form)
+    assert result and result.error < 1e-8
+    assert f"{result.error:.1e}" in result.message
+    assert not ex.check("ch4-ex-closed-form", _closed_once)
+
+
+def test_checks_leave_the_global_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    ex.check("ch5-ex-my-vjp", my_vjp)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_checks_are_independent_of_the_answer_shape_convention():
+    # λ(t0) as a row (1, d) is the same answer as a 1-D tensor
+    def as_row(theta, z0, t0, t1):
+        g, lam0 = closed_form(theta, z0, t0, t1)
+        return g, lam0[None, :]
+
+    assert ex.check("ch4-ex-closed-form", as_row).status == "right"
+
+
+# ----------------------------------------------------------------------------- packaging and lab
+def test_wheel_ships_the_exercises_subpackage(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
+                             "--no-build-isolation", "-q", "-w", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (wheel,) = tmp_path.glob("helpers-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    modules = {p.name for p in (ROOT / "helpers" / "exercises").glob("*.py")}
+    assert {"__init__.py", "_core.py", "ch03.py", "ch06.py"} <= modules
+    for m in modules:
+        assert f"helpers/exercises/{m}" in names, f"{m} missing from the wheel"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_lab_serves_the_chapter_notebooks(tmp_path):
+    port, token = _free_port(), "c1-test-token"
+    env = dict(os.environ, RUN_NO_INSTALL="1", JUPYTER_RUNTIME_DIR=str(tmp_path))
+    proc = subprocess.Popen(
+        [str(ROOT / "run"), "lab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0"]
+        + (["--allow-root"] if os.geteuid() == 0 else []),  # CI containers run as root
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}/api/contents/book/03_lagrangian.ipynb?token={token}"
+        deadline, body, last = time.monotonic() + 90, None, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    body = json.loads(response.read())
+                break
+            except OSError as exc:
+                last = exc
+                time.sleep(1)
+        assert body is not None, f"no answer from JupyterLab ({last}); exit code {proc.poll()}"
+        assert body["type"] == "notebook" and body["path"] == "book/03_lagrangian.ipynb"
+        assert body["content"]["metadata"]["kernelspec"]["name"] == "python3"
+        specs = f"http://127.0.0.1:{port}/api/kernelspecs?token={token}"
+        with urllib.request.urlopen(specs, timeout=5) as response:
+            kernels = json.loads(response.read())
+        assert "python3" in kernels["kernelspecs"]
+        # the page ./run lab opens: the book's folder in JupyterLab's file browser
+        lab = f"http://127.0.0.1:{port}/lab/tree/book?token={token}"
+        with urllib.request.urlopen(lab, timeout=10) as response:
+            assert response.status == 200 and b"JupyterLab" in response.read()
+    finally:
+        try:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, 9)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
