@@ -92,7 +92,8 @@ def make_settings(method, rtol, atol, options, *, argument_prefix: str = "", adj
         if any(k in ADJOINT_ONLY_OPTIONS for k in unknown) and not adjoint:
             hint = " ('norm' belongs in adjoint_options of odeint_adjoint)"
         elif "step_size" in unknown:
-            hint = " (step_size is for the fixed-step methods euler, midpoint and rk4; adaptive methods take first_step)"
+            fixed = ", ".join(sorted(name for name, tab in METHODS.items() if not tab.adaptive))
+            hint = f" (step_size is for the fixed-step methods {fixed}; adaptive methods take first_step)"
         raise ValueError(
             f"{p}options has unknown key(s) {unknown} for method {tableau.name!r}; "
             f"accepted keys are {list(allowed)}{hint}"

@@ -333,10 +333,13 @@ def _integrate_adaptive(func, stepper, y0, t, settings: SolverSettings, counter:
                 f"step size underflow at t={t_now_f:.6g}: the step fell to {h_abs:.3g}, below what "
                 f"{y0.dtype} can resolve; the problem may be stiff or singular there"
             )
-        last = direction * (t_now_f + direction * h_abs - t_end) >= -4 * eps * max(abs(t_end), 1.0)
+        # the step ends exactly on the target: the last time, or with no dense output the next one
+        target = next_out if tableau.dense is None else len(t_list) - 1
+        t_target = t_list[target]
+        last = direction * (t_now_f + direction * h_abs - t_target) >= -4 * eps * max(abs(t_target), 1.0)
         if last:
-            h = t[-1] - t_now  # a tensor, so the final state depends on t[-1]
-            h_f = t_end - t_now_f
+            h = t[target] - t_now  # a tensor, so the state there depends on t[target]
+            h_f = t_target - t_now_f
         else:
             h = h_f = direction * h_abs
         y_new, ks, ratio, nfe = stepper(t_now, y, h, f0)
@@ -356,15 +359,15 @@ def _integrate_adaptive(func, stepper, y0, t, settings: SolverSettings, counter:
             continue
         if ratio <= 1.0:
             counter.accepted += 1
-            t_new_f = t_end if last else t_now_f + h_f
+            t_new_f = t_target if last else t_now_f + h_f
             while next_out < len(t_list) and direction * (t_list[next_out] - t_new_f) <= 0:
-                if last and next_out == len(t_list) - 1:
+                if last and next_out == target:
                     ys.append(y_new)
                 else:
                     theta = (t[next_out] - t_now) / h
                     ys.append(interpolate(tableau, y, y_new, ks, h, theta))
                 next_out += 1
-            t_now = t[-1] if last else t_now + h
+            t_now = t[target] if last else t_now + h
             t_now_f = t_new_f
             y, f0 = y_new, ks[-1]
             nonfinite_at = None

@@ -71,6 +71,13 @@ def error_ratio(error: torch.Tensor, y: torch.Tensor, y_new: torch.Tensor, rtol:
 def _take_step(func, tableau, rtol, atol, error_numel, t, y, h, k1):
     y_new, ks, error, _ = rk_step(func, tableau, t, y, h, k1)
     ratio = None if error is None else error_ratio(error, y, y_new, rtol, atol, error_numel)
+    if ratio is not None and tableau.fsal and tableau.b_err[-1] == 0.0:
+        # the FSAL stage (f at the new state) is not in the error estimate, yet the next step
+        # starts from it: a nan/inf there rejects this step, without a synchronisation
+        last = ks[-1].detach()
+        if error_numel is not None:
+            last = last.reshape(-1)[:error_numel]
+        ratio = torch.where(torch.isfinite(last).all(), ratio, torch.full_like(ratio, math.inf))
     return y_new, ks, ratio
 
 

@@ -76,7 +76,7 @@ def test_func_nan_at_first_evaluation(device, method):
     assert helpers.last_stats().nfe_forward <= 1  # at once, not after 10,000 rejected steps
 
 
-@pytest.mark.parametrize("method", ["dopri5", "bosh3"])
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "adaptive_heun", "fehlberg2", "dopri8"])
 def test_func_nan_in_a_stage_adaptive(device, method):
     """nan from t > 0.5 on: reported within a few tries, at t just past 0.5."""
     y0 = torch.tensor([1.0, 2.0], dtype=F64, device=device)

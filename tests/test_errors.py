@@ -146,7 +146,7 @@ def test_bad_func(odeint, method, func, exc, match):
 
 @solvers
 @pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(method="rk45"), ValueError, r"method='rk45' is not a known method; choose one of \['bosh3', 'dopri5'"),
+    (dict(method="rk45"), ValueError, r"method='rk45' is not a known method; choose one of \['adaptive_heun', 'bosh3', 'dopri5'"),
     (dict(method="Dopri5"), ValueError, "method='Dopri5' is not a known method"),
     (dict(method=4), TypeError, "method must be a string"),
     (dict(method="rk4", options=dict(step_sise=0.1)), ValueError, r"options has unknown key\(s\) \['step_sise'\].*'step_size'"),

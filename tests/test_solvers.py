@@ -70,8 +70,11 @@ def test_adaptive_error_decreases_with_tolerance(device, method, tols):
     print(f"\n{method}: tol {tols} -> error {['%.2e' % e for e in errors]}, accepted steps {steps}")
     assert all(b < a for a, b in zip(errors, errors[1:])), "the error must fall as the tolerance tightens"
     assert all(b > a for a, b in zip(steps, steps[1:])), "tighter tolerance must take more steps"
+    # the tolerance bounds each step's local error; the global error at t = 10 measured 4.0-6.3 x tol
+    # for dopri5 and 26-32 x tol for bosh3 (the same on every tolerance): allow about 3x that
+    bound = {"dopri5": 20, "bosh3": 100}[method]
     for tol, err in zip(tols, errors):
-        assert err < 100 * tol, f"error {err:.2e} is far above the tolerance {tol:g}"
+        assert err < bound * tol, f"error {err:.2e} is far above the tolerance {tol:g}"
     # over the whole range the error falls about in proportion to the tolerance
     assert errors[-1] / errors[0] < 10 * tols[-1] / tols[0]
 
@@ -96,8 +99,10 @@ def test_dense_output_is_interpolated_and_accurate(device, method):
     assert ys.shape == (501, 2)
     assert stats.steps_accepted_forward == steps_two, "output times must be interpolated, not stepped onto"
     assert stats.steps_accepted_forward < 500
-    assert err_all < 100 * tol
-    assert err_all < 10 * max(err_end, tol)  # interpolated outputs are as good as the stepped end point
+    # measured: 4.5e-8 at tol 1e-8 (dopri5), 3.2e-5 at tol 1e-6 (bosh3), as in the test above
+    assert err_all < {"dopri5": 20, "bosh3": 100}[method] * tol
+    # interpolated outputs are as good as the stepped end point (measured ratio 1.03 and 1.003)
+    assert err_all < 3 * max(err_end, tol)
 
 
 def test_dense_output_between_outputs_matches_stepping(device):
@@ -184,15 +189,17 @@ def test_safety_and_factor_options_accepted(device):
     t = torch.tensor([0.0, 5.0], dtype=F64, device=device)
     exact = f.exact(y0, t)[-1].detach()
     y = helpers.odeint(f, y0, t, rtol=1e-8, atol=1e-10, options=dict(safety=0.8, min_factor=0.3, max_factor=4.0))
-    assert max_err(y[-1], exact) < 1e-6
+    assert max_err(y[-1], exact) < 1e-8  # measured 1.6e-9
 
 
 # --- direction, dtypes, shapes -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("method,options,tol", [
-    ("dopri5", None, 1e-7), ("bosh3", None, 1e-6), ("rk4", dict(step_size=0.01), 1e-8),
-    ("midpoint", dict(step_size=0.001), 1e-5), ("euler", dict(step_size=1e-3), 1e-2),
+    # measured errors: dopri5 1.2e-9, bosh3 3.5e-10, rk4 2.7e-12, midpoint 5.4e-8, euler 4.8e-4
+    # (there and back: 2.2e-10, 3.0e-10, 3.6e-13, 9.3e-11, 6.6e-4)
+    ("dopri5", None, 5e-9), ("bosh3", None, 2e-9), ("rk4", dict(step_size=0.01), 1e-11),
+    ("midpoint", dict(step_size=0.001), 3e-7), ("euler", dict(step_size=1e-3), 3e-3),
 ])
 def test_backward_in_time(device, method, options, tol):
     f = TimeDependentODE(dtype=F64).to(device)
@@ -218,7 +225,8 @@ def test_float32(device, method, options):
     exact = f64.exact(y64, t.double()).detach()
     err = max_err(ys.double(), exact)
     print(f"\nfloat32 {method}: max error {err:.2e}")
-    assert err < 1e-4
+    # measured: dopri5 5.8e-6, bosh3 3.0e-5, rk4 1.7e-7
+    assert err < {"dopri5": 3e-5, "bosh3": 1e-4, "rk4": 1e-6}[method]
 
 
 def test_float32_default_tolerances(device):
@@ -255,11 +263,11 @@ def test_batch_states_linear(device, method, options):
     with torch.no_grad():
         ys = helpers.odeint(f, y0, t, method=method, options=options, rtol=1e-9, atol=1e-11)
         assert ys.shape == (7, 5, 2)
-        assert max_err(ys, f.exact(y0, t)) < 1e-6
+        assert max_err(ys, f.exact(y0, t)) < 1e-8  # measured at most 1.9e-9 (bosh3)
         # each row solved on its own gives the same trajectory (to the tolerance)
         for b in range(5):
             alone = helpers.odeint(f, y0[b], t, method=method, options=options, rtol=1e-9, atol=1e-11)
-            assert max_err(ys[:, b], alone) < 1e-6
+            assert max_err(ys[:, b], alone) < 1e-8  # measured at most 1.2e-9
 
 
 def test_batch_states_mlp(device):
@@ -283,13 +291,13 @@ def test_higher_dimensional_and_scalar_states(device):
             y0 = torch.rand(shape, dtype=F64).to(device) + 0.5
             ys = helpers.odeint(f, y0, t, rtol=1e-10, atol=1e-12)
             assert ys.shape == (3, *shape)
-            assert max_err(ys, f.exact(y0, t)) < 1e-8
+            assert max_err(ys, f.exact(y0, t)) < 3e-10  # measured at most 4.1e-11
 
 
 @pytest.mark.parametrize("method", sorted(helpers.METHODS))
 def test_first_output_is_y0_and_plain_callable(device, method):
     y0 = torch.tensor([1.0, 2.0], dtype=F64, device=device)
     t = torch.tensor([0.3, 0.8], dtype=F64, device=device)
-    ys = helpers.odeint(lambda s, y: -y, y0, t, method=method, options=dict(step_size=1e-3) if method in ("euler", "midpoint", "rk4") else None)
+    ys = helpers.odeint(lambda s, y: -y, y0, t, method=method, options=None if helpers.METHODS[method].adaptive else dict(step_size=1e-3))
     assert torch.equal(ys[0], y0)
     assert max_err(ys[1], y0 * math.exp(-0.5)) < 1e-3

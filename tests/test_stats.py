@@ -8,7 +8,7 @@ import helpers
 from helpers.problems import LinearODE
 
 F64 = torch.float64
-FIXED = ("euler", "midpoint", "rk4")
+FIXED = tuple(name for name, tab in helpers.METHODS.items() if not tab.adaptive)
 
 
 class Counting:
