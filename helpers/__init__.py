@@ -4,6 +4,7 @@
 """
 from .adjoint import AugmentedDynamics, odeint_adjoint
 from .errors import SolveError
+from .events import odeint_event
 from .odeint import odeint
 from .stats import SolveStats, last_stats
 from .tableaus import METHODS, ButcherTableau
@@ -11,6 +12,7 @@ from .tableaus import METHODS, ButcherTableau
 __all__ = [
     "odeint",
     "odeint_adjoint",
+    "odeint_event",
     "SolveStats",
     "last_stats",
     "SolveError",

@@ -23,7 +23,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from .odeint import check_inputs, make_stepper, one_time_solution, refuse_not_provided, refuse_tuple_per_sample
+from .odeint import (check_inputs, make_stepper, one_time_solution, refuse_not_provided, refuse_tuple_per_sample,
+                     solve_to_event)
 from .options import SolverSettings, make_settings
 from .per_sample import backward_interval_per_sample, check_per_sample
 from .solve import integrate
@@ -309,6 +310,7 @@ def odeint_adjoint(
     adjoint_params: Optional[Sequence[torch.Tensor]] = None,
     stats: Optional[SolveStats] = None,
     compiled=False,
+    event_fn: Optional[Callable] = None,
 ) -> torch.Tensor:
     """Solve like :func:`helpers.odeint`; compute gradients by solving the adjoint system backward.
 
@@ -316,9 +318,11 @@ def odeint_adjoint(
     the requested times, and the backward pass reconstructs ``z`` as it goes.
 
     **Arguments:** ``func``, ``y0``, ``t``, ``rtol``, ``atol``, ``method``, ``options``,
-    ``stats`` and ``compiled`` as for :func:`helpers.odeint` (``compiled`` also compiles the
-    backward solve's step, the augmented dynamics with their vector–Jacobian product included;
-    it needs the adjoint parameters to be registered parameters of ``func``), and:
+    ``stats``, ``event_fn`` and ``compiled`` as for :func:`helpers.odeint` (with ``event_fn``
+    the event is located without gradients, then one adjoint solve to it carries them;
+    ``compiled`` also compiles the backward solve's step, the augmented dynamics with their
+    vector–Jacobian product included; it needs the adjoint parameters to be registered
+    parameters of ``func``), and:
 
     - `adjoint_rtol`, `adjoint_atol`, `adjoint_method`: the backward solve's tolerances and
       method; each defaults to the forward one.
@@ -374,6 +378,13 @@ def odeint_adjoint(
     stats = stats if stats is not None else SolveStats()
     stats.method = settings.tableau.name
     _set_last(stats)
+    if event_fn is not None:
+        def adjoint_solve(y_start, times):
+            return odeint_adjoint(
+                func, y_start, times, rtol=rtol, atol=atol, method=method, options=options,
+                adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
+                adjoint_options=adjoint_options, adjoint_params=params, stats=stats)
+        return solve_to_event(func, y0, t, event_fn, settings, compiled, stats, unflatten, adjoint_solve)
     if len(t) == 1:
         # nothing to solve; t gets a zero gradient, as from torchdiffeq's adjoint
         ys = one_time_solution(y0, t)

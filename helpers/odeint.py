@@ -109,6 +109,7 @@ def odeint(
     options: Optional[dict] = None,
     stats: Optional[SolveStats] = None,
     compiled=False,
+    event_fn: Optional[Callable] = None,
 ) -> torch.Tensor:
     """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and return ``y`` at every time in ``t``.
 
@@ -144,9 +145,14 @@ def odeint(
       step (all stages, the error estimate and the update) as one ``torch.compile`` graph; the
       first call with new shapes pays the compilation. ``False`` (default) runs eagerly. See
       :mod:`helpers.steppers`.
+    - `event_fn`: ``g(t, y)`` returning a tensor: solve from ``t[0]`` (towards ``t[1]`` if
+      given, else forwards) until an entry of ``g`` changes sign, as torchdiffeq does; see
+      :mod:`helpers.events` and :func:`helpers.odeint_event`.
 
     **Returns:** a tensor of shape ``(len(t), *y0.shape)`` and ``y0``'s dtype, the state at each
-    time in ``t``; for a tuple ``y0``, a tuple of such tensors, one per member.
+    time in ``t``; for a tuple ``y0``, a tuple of such tensors, one per member. With
+    ``event_fn``: ``(event_t, solution)``, ``solution`` holding ``y0`` and the state at the
+    event (shape ``(2, *y0.shape)``), both with gradients (implicit function theorem).
 
     **Raises:** ``TypeError``/``ValueError`` for bad arguments, :class:`helpers.SolveError`
     when a solve cannot reach the final time.
@@ -160,6 +166,8 @@ def odeint(
     stats = stats if stats is not None else SolveStats()
     stats.method = settings.tableau.name
     _set_last(stats)
+    if event_fn is not None:
+        return solve_to_event(func, y0, t, event_fn, settings, compiled, stats, unflatten)
     if len(t) == 1:
         ys = one_time_solution(y0, t)
         return ys if unflatten is None else unflatten(ys)
@@ -170,6 +178,35 @@ def odeint(
     finally:
         counter.add_to(stats)
     return ys if unflatten is None else unflatten(ys)
+
+
+def solve_to_event(func, y0, t, event_fn, settings, compiled, stats, unflatten, adjoint_solve=None):
+    """``odeint``'s (and ``odeint_adjoint``'s) answer when given ``event_fn``.
+
+    **Arguments:** the checked ``func``, ``y0`` (flat) and ``t`` (only ``t[0]`` and the
+    direction to ``t[1]`` count); ``event_fn`` as the user gave it; the solver settings; the
+    ``stats`` to fill in; ``unflatten`` for a tuple state (or ``None``); ``adjoint_solve`` as
+    for :func:`helpers.events.odeint_until_event`.
+
+    **Returns:** ``(event_t, solution)``.
+    """
+    from .events import odeint_until_event
+
+    if not callable(event_fn):
+        raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn).__name__}")
+    if resolve_compile(compiled) is not None:
+        raise ValueError("compiled=True cannot be combined with event_fn (yet); choose one")
+    if settings.per_sample_steps:
+        raise ValueError("options['per_sample_steps'] cannot be combined with event_fn; choose one")
+    if len(t) == 1:
+        t = torch.cat([t, t.detach() + 1])
+    g = event_fn if unflatten is None else (lambda s, y: event_fn(s, func.split(y)))
+    counter = StepCounter()
+    try:
+        event_t, solution = odeint_until_event(func, y0, t, g, settings, counter, integrate, adjoint_solve)
+    finally:
+        counter.add_to(stats)
+    return event_t, solution if unflatten is None else unflatten(solution)
 
 
 def refuse_tuple_per_sample(unflatten, settings, argument: str) -> None:
