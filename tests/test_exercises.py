@@ -9,6 +9,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,10 +34,10 @@ def ibp_terms(lam, lam_dot, z, t):
     return boundary, simpson((lam_dot * z).sum(dim=1), t)
 
 
-def closed_form(theta, z0, t0, t1):
-    T = t1 - t0
-    grow = math.exp(2 * theta * T)
-    return T * (z0 @ z0) * grow, z0 * grow
+def closed_form(theta, z0, y, t0, t1):
+    z1 = z0 * math.exp(theta * (t1 - t0))
+    lam1 = z1 - y
+    return (t1 - t0) * (lam1 @ z1), lam1 * math.exp(theta * (t1 - t0))
 
 
 def timedep(a, b, z0, t0, t1):
@@ -134,19 +135,19 @@ def _transposed_ibp(lam, lam_dot, z, t):  # z λ̇ instead of λ̇ z: a d x d ma
     return ibp_terms(lam, lam_dot, z, t)[0], simpson(z[:, :, None] * lam_dot[:, None, :], t)
 
 
-def _closed_once(theta, z0, t0, t1):  # e^{θT} where e^{2θT} belongs
-    T = t1 - t0
-    return T * (z0 @ z0) * math.exp(theta * T), z0 * math.exp(2 * theta * T)
+def _closed_no_target(theta, z0, y, t0, t1):  # the target forgotten in λ z: a missing term
+    z1 = z0 * math.exp(theta * (t1 - t0))
+    return (t1 - t0) * (z1 @ z1), closed_form(theta, z0, y, t0, t1)[1]
 
 
-def _closed_no_length(theta, z0, t0, t1):  # the factor t1 - t0 missing
-    g, lam0 = closed_form(theta, z0, t0, t1)
+def _closed_no_length(theta, z0, y, t0, t1):  # the factor t1 - t0 missing
+    g, lam0 = closed_form(theta, z0, y, t0, t1)
     return g / (t1 - t0), lam0
 
 
-def _closed_lam_sign(theta, z0, t0, t1):
-    g, lam0 = closed_form(theta, z0, t0, t1)
-    return g, -lam0
+def _closed_lam_sign(theta, z0, y, t0, t1):  # e^{-θ(t1 - t0)}: the adjoint run the wrong way
+    g, lam0 = closed_form(theta, z0, y, t0, t1)
+    return g, lam0 * math.exp(-2 * theta * (t1 - t0))
 
 
 def _timedep_cos(a, b, z0, t0, t1):  # ∫ cos t dt taken as cos t1 - cos t0
@@ -239,7 +240,7 @@ WRONG = [
     ("ch3-ex-ibp-terms", _transposed_ibp, "integral"),
     ("ch3-ex-encoder", "a", "option (a)"),
     ("ch3-ex-encoder", "d", "option (d)"),
-    ("ch4-ex-closed-form", _closed_once, "dL/dθ"),
+    ("ch4-ex-closed-form", _closed_no_target, "dL/dθ"),
     ("ch4-ex-closed-form", _closed_no_length, "dL/dθ"),
     ("ch4-ex-closed-form", _closed_lam_sign, "λ(t0)"),
     ("ch4-ex-timedep", _timedep_cos, "dL/db"),
@@ -378,7 +379,7 @@ def test_hints_are_graded_and_distinct():
 
 
 def test_a_function_that_crashes_is_wrong_not_an_error():
-    def broken(theta, z0, t0, t1):
+    def broken(theta, z0, y, t0, t1):
         return undefined_name  # noqa: F821
 
     result = ex.check("ch4-ex-closed-form", broken)
@@ -389,7 +390,7 @@ def test_right_answer_reports_its_error_and_result_is_truthy():
     result = ex.check("ch4-ex-closed-form", closed_form)
     assert result and result.error < 1e-8
     assert f"{result.error:.1e}" in result.message
-    assert not ex.check("ch4-ex-closed-form", _closed_once)
+    assert not ex.check("ch4-ex-closed-form", _closed_no_target)
 
 
 def test_checks_leave_the_global_random_state_alone():
@@ -402,8 +403,8 @@ def test_checks_leave_the_global_random_state_alone():
 
 def test_checks_are_independent_of_the_answer_shape_convention():
     # λ(t0) as a row (1, d) is the same answer as a 1-D tensor
-    def as_row(theta, z0, t0, t1):
-        g, lam0 = closed_form(theta, z0, t0, t1)
+    def as_row(theta, z0, y, t0, t1):
+        g, lam0 = closed_form(theta, z0, y, t0, t1)
         return g, lam0[None, :]
 
     assert ex.check("ch4-ex-closed-form", as_row).status == "right"
@@ -411,7 +412,13 @@ def test_checks_are_independent_of_the_answer_shape_convention():
 
 # ----------------------------------------------------------------------------- packaging and lab
 def test_wheel_ships_the_exercises_subpackage(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
+    # build from a copy: setuptools writes build/ and *.egg-info beside the sources
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "helpers", src / "helpers",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps",
                              "--no-build-isolation", "-q", "-w", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -20,25 +20,27 @@ def _case(seed: int):
     return g, u, z0, t0, t1
 
 
-def _autograd(field, z0, t0, t1, wrt):
-    """dL/d(wrt) and dL/dz(t0) for L = ||z(t1)||²/2, by autograd through helpers.odeint."""
+def _autograd(field, z0, t0, t1, wrt, target=None):
+    """dL/d(wrt) and dL/dz(t0) for L = ||z(t1) - target||²/2 (target 0 by default), by
+    autograd through helpers.odeint."""
     z0 = z0.clone().requires_grad_(True)
     t = torch.tensor([t0, t1], dtype=torch.float64)
     z1 = odeint(field, z0, t, **TOL)[-1]
-    grads = torch.autograd.grad(0.5 * (z1 ** 2).sum(), (*wrt, z0))
+    target = torch.zeros_like(z1) if target is None else target
+    grads = torch.autograd.grad(0.5 * ((z1 - target) ** 2).sum(), (*wrt, z0))
     return [x.detach() for x in grads]
 
 
 @exercise(
     "ch4-ex-closed-form",
-    "dL/dθ and λ(t0) for ż = θz in closed form",
+    "dL/dθ and λ(t0) for ż = θz and a loss with a target, in closed form",
     hints=(
         "Solve ż = θz forward and the adjoint equation λ̇ = -λ ∂f/∂z backward from "
-        "λ(t1) = ∂L/∂z(t1) = z(t1)ᵀ; both are exponentials.",
+        "λ(t1) = ∂L/∂z(t1) = (z(t1) - y)ᵀ; both are exponentials.",
         "λ(t) z(t) does not depend on t, and ∂f/∂θ = z, so the integrand of (ch4-gradient) "
-        "is a constant.",
-        "λ grows backward at the rate z grows forward: λ(t0) picks up the factor e^{θ(t1-t0)} "
-        "twice, once through z(t1) and once through the adjoint.",
+        "is the constant λ(t1) z(t1).",
+        "λ(t0) = λ(t1) e^{θ(t1 - t0)}, and dL/dθ = (t1 - t0) (z(t1) - y)ᵀ z(t1), with "
+        "z(t1) = z0 e^{θ(t1 - t0)}.",
     ),
     success="dL/dθ and λ(t0) agree with autograd through the solver.",
 )
@@ -49,17 +51,19 @@ def _closed_form(answer):
         theta = u(-0.8, 0.8)
         where = (f"case {seed + 1} (θ = {theta:.3f}, t0 = {t0:.3f}, t1 = {t1:.3f}, "
                  f"d = {z0.numel()})")
+        y = torch.randn(z0.shape, generator=g, dtype=torch.float64)
         field = ExponentialODE(theta, dtype=torch.float64)
-        dtheta, lam0 = _autograd(field, z0, t0, t1, [field.theta])
-        out = call(answer, theta, z0.clone(), t0, t1, where=where)
+        dtheta, lam0 = _autograd(field, z0, t0, t1, [field.theta], target=y)
+        out = call(answer, theta, z0.clone(), y.clone(), t0, t1, where=where)
         got_theta, got_lam0 = unpack("the result (dL/dθ, λ(t0))", out, 2, where)
         worst = max(worst, compare(
             "dL/dθ", got_theta, dtheta, where=where, tol=1e-8,
-            look_at="the length of the interval t1 - t0 and the exponent: is it θ(t1 - t0) "
-                    "or twice that?"))
+            look_at="the integrand λ z is constant: λ(t1) z(t1) with λ(t1) = (z(t1) - y)ᵀ, "
+                    "times the length t1 - t0."))
         worst = max(worst, compare(
             "λ(t0)", got_lam0, lam0, where=where, tol=1e-8, vector=True,
-            look_at="λ(t0) = dL/dz(t0); start from λ(t1) = z(t1)ᵀ and solve backward."))
+            look_at="λ(t0) = dL/dz(t0); start from λ(t1) = (z(t1) - y)ᵀ and solve the "
+                    "adjoint equation backward."))
     return worst
 
 
