@@ -21,6 +21,7 @@ torchdiffeq = pytest.importorskip("torchdiffeq")
 
 F32, F64 = torch.float32, torch.float64
 SOLVERS = {"odeint": helpers.odeint, "odeint_adjoint": helpers.odeint_adjoint}
+TIGHT = dict(rtol=1e-10, atol=1e-12)
 
 
 class Decay(nn.Module):
@@ -124,6 +125,20 @@ def test_closure_over_y0_itself_is_refused():
     ys = helpers.odeint_adjoint(lambda s, y: y0 - 2 * y, y0, t, adjoint_params=[y0], rtol=1e-10, atol=1e-12)
     ys[-1].sum().backward()
     assert (y0.grad - (1 + math.exp(-2)) / 2).abs().max().item() < 1e-8
+
+
+def test_check_with_per_sample_steps():
+    """Per-sample steps call func with one time per row: the check still sees the closure."""
+    w = torch.tensor(0.5, dtype=F64, requires_grad=True)
+    y0 = torch.randn(4, 2, dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    options = dict(per_sample_steps=True)
+    with pytest.raises(ValueError, match=r"adjoint_params=\[w\]"):
+        helpers.odeint_adjoint(lambda s, y: -w * y, y0, t, options=options)
+    ys = helpers.odeint_adjoint(lambda s, y: -w * y, y0, t, options=options, adjoint_params=[w], **TIGHT)
+    ys[-1].sum().backward()
+    exact = -(y0.detach() * math.exp(-0.5)).sum()
+    assert abs(w.grad.item() - exact.item()) < 1e-8 * abs(exact.item())
 
 
 @pytest.mark.parametrize("method", ["dopri5", "rk4"])
