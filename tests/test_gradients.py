@@ -292,7 +292,7 @@ def test_gradcheck_backward_in_time(device, solver):
 
 def test_seminorm_vs_full_norm(device):
     """Both norms give accurate gradients; the seminorm takes no more backward evaluations."""
-    f = MLP((2, 32, 32, 2), dtype=F64, device=device)
+    f = MLP((2, 32, 32, 2), dtype=F64).to(device)  # the same network on every device
     y0 = torch.randn(8, 2, dtype=F64).to(device)
     t = torch.linspace(0.0, 2.0, 5, dtype=F64, device=device)
     w = torch.randn(5, 8, 2, dtype=F64).to(device)
@@ -310,7 +310,8 @@ def test_seminorm_vs_full_norm(device):
             rows.append(f"rtol {tol:g} {norm:8s}: nfe forward {stats.nfe_forward:4d}, backward {stats.nfe_backward:4d} "
                         f"({stats.steps_accepted_backward} accepted, {stats.steps_rejected_backward} rejected); "
                         f"max relative gradient error vs backprop {max(errs):.1e}")
-            assert max(errs) < 1e3 * tol
+            # measured max relative gradient errors: 4.0e-7 at rtol 1e-5, 2.3e-9 at rtol 1e-8 (both norms)
+            assert max(errs) < {1e-5: 2e-6, 1e-8: 1e-8}[tol]
     print("\n" + "\n".join(rows))
     for tol in (1e-5, 1e-8):
         assert nfe[tol, "seminorm"] <= nfe[tol, "full"]
