@@ -37,6 +37,8 @@ class AdjointPath:
       parameters (all of ``params`` flattened and concatenated); ``a_theta[-1]`` is 0 and
       ``a_theta[0]`` is dL/dθ.
     - `param_shapes`: the shapes of the parameters, in order, to cut ``a_theta`` back into pieces.
+
+    Introduced in the chapter "Choosing λ: the adjoint equation".
     """
 
     t: torch.Tensor
@@ -92,6 +94,8 @@ def adjoint_path(
 
     **Returns:** an :class:`AdjointPath` whose ``z``, ``lam`` and ``a_theta`` are ordered like
     ``t_grid`` (index 0 is t0). No autograd graph is kept.
+
+    Introduced in the chapter "Choosing λ: the adjoint equation".
     """
     if z1.shape != dLdz1.shape:
         raise ValueError(f"dLdz1 must have z1's shape {tuple(z1.shape)}, got {tuple(dLdz1.shape)}")

@@ -52,6 +52,8 @@ class DiscreteAdjoint:
       ``func`` and one reverse pass through it).
     - `stored_numel`: how many numbers the forward pass stored for the backward pass (the
       stage values ``Y_i`` of every step).
+
+    Introduced in the chapter "When the adjoint goes wrong".
     """
 
     t: torch.Tensor
@@ -104,6 +106,8 @@ def rk_adjoint_step(
     Σ_i κ_i ∂f/∂θ(Y_i) of dL/dθ, one tensor per parameter; and the stage adjoints
     μ_i = κ_i ∂f/∂z(Y_i), one per stage (``None`` for a stage the new state does not depend on,
     which costs no vector–Jacobian product).
+
+    Introduced in the chapter "When the adjoint goes wrong".
     """
     a, b = tableau.a, tableau.b
     s = len(stages)
@@ -164,6 +168,8 @@ def rk_discrete_adjoint(
 
     **Returns:** a :class:`DiscreteAdjoint` (states, adjoints, dL/dθ and the work done).
     No autograd graph is kept.
+
+    Introduced in the chapter "When the adjoint goes wrong".
     """
     if isinstance(tableau, str):
         if tableau not in METHODS:

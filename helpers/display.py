@@ -28,6 +28,8 @@ def source_without_docstring(obj: Any) -> str:
 
     **Returns:** the source text; the docstring of ``obj`` and, for a class, of each of its
     methods is dropped, everything else (comments included) is kept line for line.
+
+    Used in the chapter "Neural ODEs and the forward pass".
     """
     source = textwrap.dedent(inspect.getsource(obj))
     lines = source.splitlines()
@@ -55,6 +57,8 @@ def wrap_line(line: str, width: int = COLUMN) -> list:
     - `width`: the longest line wanted.
 
     **Returns:** a list of lines; a single word longer than ``width`` is left whole.
+
+    Used in the chapter "Neural ODEs and the forward pass".
     """
     if len(line) <= width:
         return [line]
@@ -78,6 +82,8 @@ def show_source(obj: Any, width: int = COLUMN):
 
     **Returns:** an :class:`IPython.display.Code` (Python highlighting) that a notebook
     displays as the cell's result.
+
+    Introduced in the chapter "Neural ODEs and the forward pass".
     """
     from IPython.display import Code  # only where a notebook shows it; helpers does not need IPython
 

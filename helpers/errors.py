@@ -10,4 +10,7 @@ it when a solution blows up.
 
 
 class SolveError(ValueError):
-    """A solve that started but could not reach the final time."""
+    """A solve that started but could not reach the final time.
+
+    Introduced in the chapter "What is the adjoint?".
+    """

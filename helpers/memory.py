@@ -107,6 +107,8 @@ class LineFit:
 
     **Fields:** `slope`, `intercept`, and `r_squared`, the coefficient of determination
     (1 for points exactly on a line; defined as 1 when every ``y`` is equal and the fit is exact).
+
+    Introduced in the chapter "The problem".
     """
 
     slope: float

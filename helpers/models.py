@@ -21,6 +21,8 @@ class MLP(nn.Module):
 
     Called as ``f(t, z)`` so it can be handed to ``odeint`` directly; ``t`` is ignored. A tanh MLP
     is globally Lipschitz in ``z``, which the book uses when it appeals to Picard–Lindelöf.
+
+    Introduced in the chapter "Neural ODEs and the forward pass".
     """
 
     def __init__(self, sizes: Sequence[int] = (2, 64, 2), dtype=None, device=None):
@@ -46,6 +48,8 @@ class Spiral(nn.Module):
 
     The system that torchdiffeq's ``examples/ode_demo.py`` learns from ``z(0) = [2, 0]``; the
     training chapter fits a neural ODE to its trajectory. ``z`` is a batch of row vectors.
+
+    Introduced in the chapter "Neural ODEs and the forward pass".
     """
 
     def __init__(self, dtype=None, device=None):

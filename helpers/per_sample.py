@@ -66,6 +66,8 @@ def check_per_sample(y0: torch.Tensor, settings: SolverSettings, argument: str) 
       named in the messages.
 
     **Returns:** ``None``; raises ``ValueError`` when the combination cannot work.
+
+    Not shown in the book; it extends the chapter "Appendix: measured performance".
     """
     if not settings.per_sample_steps:
         return
@@ -306,6 +308,8 @@ def integrate_per_sample(func: Callable, y0: torch.Tensor, t: torch.Tensor, sett
 
     **Returns:** a tensor of shape ``(len(t), *y0.shape)``, differentiable by backpropagation
     with respect to ``y0``, the parameters of ``func`` and ``t``.
+
+    Not shown in the book; it extends the chapter "Appendix: measured performance".
     """
     tableau = settings.tableau
     batch, ndim, device = y0.shape[0], y0.dim(), y0.device
@@ -491,6 +495,8 @@ def backward_interval_per_sample(func: Callable, params: Sequence[torch.Tensor],
 
     **Returns:** ``(lam, a_theta)`` at ``t_to``; ``a_theta`` has gained, for every accepted step
     of every row i, h_i Σ_j b_j (−λ_{j,i} ∂f_i/∂θ(z_{j,i})).
+
+    Not shown in the book; it extends the chapter "Appendix: measured performance".
     """
     tableau = settings.tableau
     b, c, stages = tableau.b, tableau.c, tableau.stages

@@ -46,6 +46,8 @@ def evaluate_on_grid(
 
     **Returns:** ``(X, Y, U, V)``, each an ``(n, n)`` array: the grid coordinates and the two
     components of ``func`` there (``X[i, j]`` grows with ``j``, ``Y[i, j]`` with ``i``).
+
+    Introduced in the chapter "Training a Neural ODE with the adjoint".
     """
     if len(xlim) != 2 or len(ylim) != 2 or not (xlim[0] < xlim[1] and ylim[0] < ylim[1]):
         raise ValueError(f"xlim and ylim must each be (low, high) with low < high, got {xlim!r} and {ylim!r}")
@@ -88,6 +90,8 @@ def plot_vector_field(
 
     **Returns:** the ``Quiver`` artist (``n * n`` arrows). The axes' limits are set to
     ``xlim`` and ``ylim`` and its axes are labelled z₁ and z₂.
+
+    Introduced in the chapter "Neural ODEs and the forward pass".
     """
     X, Y, U, V = evaluate_on_grid(func, xlim, ylim, n=n, t=t, dtype=dtype)
     if normalize:
@@ -127,6 +131,8 @@ def plot_trajectories(
 
     **Returns:** the list of ``Line2D`` artists, one per trajectory (the start markers are
     drawn as one extra scatter collection, not returned).
+
+    Introduced in the chapter "Neural ODEs and the forward pass".
     """
     arr = ys.detach().cpu().numpy() if isinstance(ys, torch.Tensor) else np.asarray(ys)
     if arr.ndim == 2:

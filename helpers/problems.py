@@ -5,7 +5,8 @@ returns the true solution at every time in ``t`` (shape ``(len(t), *z0.shape)``)
 differentiable torch operations, so autograd through ``exact`` gives the exact gradients with
 respect to ``z0``, the parameters and every entry of ``t``.
 
-Introduced in the chapter "Choosing λ: the adjoint equation"; used throughout the tests.
+Used from the chapter "Neural ODEs and the forward pass" on (each class names the chapter that
+introduces it); used throughout the tests.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ class LinearODE(nn.Module):
     """``dz/dt = A z`` for column vectors (``z @ A.T`` for a batch of rows).
 
     Solution: ``z(t) = exp(A (t - t0)) z0``, by ``torch.linalg.matrix_exp``.
+
+    Introduced in the chapter "Neural ODEs and the forward pass".
     """
 
     def __init__(self, A: torch.Tensor):
@@ -34,6 +37,8 @@ class ExponentialODE(nn.Module):
     """``dz/dt = θ z`` with a scalar θ.
 
     Solution: ``z(t) = z0 exp(θ (t - t0))``; its adjoint is ``λ(t) = λ(t1) exp(θ (t1 - t))``.
+
+    Introduced in the chapter "The Lagrangian".
     """
 
     def __init__(self, theta: float = 0.5, dtype=None):
@@ -51,6 +56,8 @@ class TimeDependentODE(nn.Module):
     """``dz/dt = (a + b cos t) z``, elementwise: an explicitly time-dependent field.
 
     Solution: ``z(t) = z0 exp(a (t - t0) + b (sin t - sin t0))``.
+
+    Introduced in the chapter "Choosing λ: the adjoint equation".
     """
 
     def __init__(self, a: float = -0.3, b: float = 0.8, dtype=None):

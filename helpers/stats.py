@@ -33,6 +33,8 @@ class SolveStats:
     `sample_steps_slowest_forward` and the same backward (accepted steps of the median sample,
     the lower median for an even batch, and of the sample that took the most; summed over the
     solves that share this object, like the other counts).
+
+    Introduced in the chapter "Neural ODEs and the forward pass".
     """
 
     method: str = ""
@@ -68,7 +70,10 @@ class SolveStats:
 
 @dataclass
 class StepCounter:
-    """What one call of the integration loop did (added into a SolveStats afterwards)."""
+    """What one call of the integration loop did (added into a SolveStats afterwards).
+
+    Used in the chapter "Neural ODEs and the forward pass".
+    """
 
     nfe: int = 0
     accepted: int = 0
@@ -105,6 +110,8 @@ def last_stats() -> Optional[SolveStats]:
 
     **Returns:** the :class:`SolveStats` of that call (its backward counts appear once its
     backward pass has run), or ``None`` before the first solve.
+
+    Used in the chapter "Neural ODEs and the forward pass".
     """
     return _last
 

@@ -120,6 +120,8 @@ class TimeGradients:
       ``a_t[-1]`` is -dL/dt_N and ``a_t[0]`` is dL/dt0.
     - `direct`: the direct terms ∂L/∂z(t_i) · f(z(t_i), t_i) at every time, shape
       ``(len(t),)``; ``direct[0]`` is *not* part of dL/dt0.
+
+    Introduced in the chapter "Gradients with respect to t0, t1 and the observation times".
     """
 
     t: torch.Tensor

@@ -35,6 +35,8 @@ class Trajectory:
 
     - `t`: the times, shape ``(T,)``, increasing, ``t[0]`` the initial time.
     - `z`: the states, shape ``(T, d)``; ``z[0]`` is the initial state.
+
+    Introduced in the chapter "Training a Neural ODE with the adjoint".
     """
 
     t: torch.Tensor
@@ -65,6 +67,8 @@ def make_spiral_data(
 
     **Returns:** a :class:`Trajectory` with ``t`` of shape ``(n_times,)`` and ``z`` of shape
     ``(n_times, 2)``.
+
+    Introduced in the chapter "Training a Neural ODE with the adjoint".
     """
     if n_times < 2:
         raise ValueError(f"n_times must be at least 2, got {n_times}")
@@ -92,6 +96,8 @@ class CubeMLP(nn.Module):
     - `dim`: the state dimension.
     - `init_std`: the standard deviation of the initial weights.
     - `dtype`, `device`: where the weights live.
+
+    Introduced in the chapter "Training a Neural ODE with the adjoint".
     """
 
     def __init__(self, hidden: int = 50, dim: int = 2, init_std: float = 0.1, dtype=None, device=None):
@@ -132,6 +138,8 @@ def sample_windows(
     **Returns:** ``(z0, t_window, targets)``: the first state of each window, shape
     ``(batch_size, d)``; the common times, shape ``(window,)``; and the observed states, shape
     ``(window, batch_size, d)`` (``targets[0]`` is ``z0``).
+
+    Introduced in the chapter "Training a Neural ODE with the adjoint".
     """
     if z.dim() != 2 or z.shape[0] != t.shape[0]:
         raise ValueError(f"z must have shape (len(t), d) = ({len(t)}, d), got {tuple(z.shape)}")
@@ -152,6 +160,8 @@ def mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     **Arguments:** `prediction`, `target`: tensors of the same shape.
 
     **Returns:** a 0-d tensor, the mean of ``(prediction - target) ** 2``.
+
+    Introduced in the chapter "Training a Neural ODE with the adjoint".
     """
     return ((prediction - target) ** 2).mean()
 
@@ -181,6 +191,8 @@ def training_step(
     - `solve_kwargs`: passed to ``solver`` (``rtol``, ``atol``, ``method``, ``stats``...).
 
     **Returns:** the loss before the update, a float.
+
+    Introduced in the chapter "Training a Neural ODE with the adjoint".
     """
     optimizer.zero_grad()
     prediction = solver(func, z0, t, **solve_kwargs)  # 1. forward: solve from t0 to every t_i
@@ -242,6 +254,8 @@ def train(
     - `callback`: called as ``callback(iteration, func, loss)`` after every iteration.
 
     **Returns:** the mini-batch loss of every iteration, a list of ``iterations`` floats.
+
+    Introduced in the chapter "Training a Neural ODE with the adjoint".
     """
     if iterations < 1:
         raise ValueError(f"iterations must be at least 1, got {iterations}")

@@ -54,6 +54,8 @@ def vjp_autograd(func: Callable, t: torch.Tensor, z: torch.Tensor, lam: torch.Te
 
     **Returns:** ``(lam_dfdz, lam_dfdtheta)``: a tensor shaped like ``z`` and a tuple with one
     tensor per parameter, shaped like it. No graph is kept.
+
+    Introduced in the chapter "Vector–Jacobian products".
     """
     _check(z, lam)
     _, params = _named_params(func)
@@ -72,6 +74,8 @@ def vjp_func(func: Callable, t: torch.Tensor, z: torch.Tensor, lam: torch.Tensor
     **Arguments:** as :func:`vjp_autograd`.
 
     **Returns:** as :func:`vjp_autograd`.
+
+    Introduced in the chapter "Vector–Jacobian products".
     """
     _check(z, lam)
     names, params = _named_params(func)
@@ -94,6 +98,8 @@ def jacobians(func: Callable, t: torch.Tensor, z: torch.Tensor):
     **Returns:** ``(J_z, J_theta)``: ``J_z`` has shape ``f.shape + z.shape`` (``(d, d)`` for a
     single state of shape ``(d,)``) and ``J_theta`` is a tuple with one tensor of shape
     ``f.shape + p.shape`` per parameter ``p``.
+
+    Introduced in the chapter "Vector–Jacobian products".
     """
     names, params = _named_params(func)
 
@@ -113,6 +119,8 @@ def vjp_via_jacobian(func: Callable, t: torch.Tensor, z: torch.Tensor, lam: torc
     **Arguments:** as :func:`vjp_autograd`.
 
     **Returns:** as :func:`vjp_autograd`.
+
+    Introduced in the chapter "Vector–Jacobian products".
     """
     _check(z, lam)
     J_z, J_theta = jacobians(func, t, z)
@@ -137,6 +145,8 @@ def time_call(fn: Callable[[], object], *, repeats: int = 5, min_time: float = 0
     - `warmup`: untimed calls made first (caches, lazy initialisation).
 
     **Returns:** seconds per call, a float.
+
+    Introduced in the chapter "Vector–Jacobian products".
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
