@@ -8,17 +8,20 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Tuple, Union
 
 from .tableaus import METHODS, ButcherTableau
 
 DEFAULT_METHOD = "dopri5"
 DEFAULT_MAX_NUM_STEPS = 10_000  # adaptive methods; fixed-step methods take exactly the steps asked for
 
-FIXED_OPTIONS = ("step_size", "max_num_steps")
-ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "safety", "min_factor", "max_factor", "per_sample_steps")
+FIXED_OPTIONS = ("step_size", "max_num_steps", "grid_constructor", "perturb")
+ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "safety", "min_factor", "max_factor", "per_sample_steps",
+                    "min_step", "max_step", "norm", "step_t", "jump_t", "grid_points")
 ADJOINT_ONLY_OPTIONS = ("norm", "checkpoints")
 NORMS = ("seminorm", "full")
+# options that only the shared-step loops of helpers.solve implement
+_NOT_PER_SAMPLE = ("min_step", "max_step", "norm", "step_t", "jump_t", "grid_points")
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,15 @@ class SolverSettings:
     safety: float = 0.9
     min_factor: float = 0.2
     max_factor: float = 10.0
-    norm: str = "full"
+    norm: Union[str, Callable] = "full"
     checkpoints: int = 0
     per_sample_steps: bool = False
+    min_step: float = 0.0
+    max_step: float = math.inf
+    step_t: Tuple[float, ...] = ()
+    jump_t: Tuple[float, ...] = ()
+    grid_constructor: Optional[Callable] = None
+    perturb: bool = False
 
 
 def resolve_method(method, argument: str = "method") -> ButcherTableau:
@@ -65,6 +74,23 @@ def _tolerance(value, name: str) -> float:
     if not (value >= 0 and math.isfinite(value)):
         raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
     return value
+
+
+def _times(value, name: str) -> Tuple[float, ...]:
+    """A 1-D tensor or sequence of finite times, as sorted floats."""
+    try:
+        import torch
+        if isinstance(value, torch.Tensor):
+            if value.dim() != 1 or value.requires_grad:
+                raise ValueError(f"{name} must be a 1-D tensor of times that does not require grad")
+            values = value.tolist()
+        else:
+            values = [float(x) for x in value]
+    except TypeError:
+        raise TypeError(f"{name} must be a 1-D tensor or a sequence of times, got {type(value).__name__}") from None
+    if not all(math.isfinite(x) for x in values):
+        raise ValueError(f"{name} must hold finite times")
+    return tuple(sorted(set(values)))
 
 
 def make_settings(method, rtol, atol, options, *, argument_prefix: str = "", adjoint: bool = False) -> SolverSettings:
@@ -116,11 +142,43 @@ def make_settings(method, rtol, atol, options, *, argument_prefix: str = "", adj
     if kwargs.get("min_factor", 0.2) >= 1 or kwargs.get("max_factor", 10.0) <= 1:
         raise ValueError(f"{p}options needs min_factor < 1 < max_factor")
     if "norm" in options:
-        if options["norm"] not in NORMS:
-            raise ValueError(f"{p}options['norm'] must be one of {list(NORMS)}, got {options['norm']!r}")
-        kwargs["norm"] = options["norm"]
+        norm = options["norm"]
+        if adjoint and not callable(norm) and norm not in NORMS:
+            raise ValueError(f"{p}options['norm'] must be one of {list(NORMS)} or a callable, got {norm!r}")
+        if not adjoint and not callable(norm):
+            raise ValueError(
+                f"{p}options['norm']={norm!r}: options['norm'] must be a callable taking the scaled error "
+                "tensor ('seminorm' and 'full' belong in adjoint_options of odeint_adjoint)"
+            )
+        kwargs["norm"] = norm
     elif adjoint and tableau.adaptive:
         kwargs["norm"] = "seminorm"
+    if options.get("min_step") is not None:
+        kwargs["min_step"] = _tolerance(options["min_step"], f"{p}options['min_step']")
+    if options.get("max_step") is not None:
+        max_step = options["max_step"]
+        if isinstance(max_step, bool) or not isinstance(max_step, numbers.Real) or not max_step > 0:
+            raise ValueError(f"{p}options['max_step'] must be a positive number (inf allowed), got {max_step!r}")
+        kwargs["max_step"] = float(max_step)
+    if kwargs.get("min_step", 0.0) > kwargs.get("max_step", math.inf):
+        raise ValueError(f"{p}options needs min_step <= max_step, got {kwargs['min_step']} and {kwargs['max_step']}")
+    if "grid_points" in options and "step_t" in options:
+        raise ValueError(f"{p}options: 'grid_points' is the old name of 'step_t'; give one of them")
+    for key, field in (("step_t", "step_t"), ("grid_points", "step_t"), ("jump_t", "jump_t")):
+        if options.get(key) is not None:
+            kwargs[field] = _times(options[key], f"{p}options[{key!r}]")
+    if set(kwargs.get("step_t", ())) & set(kwargs.get("jump_t", ())):
+        raise ValueError(f"{p}options: step_t and jump_t must not share a time")
+    if options.get("grid_constructor") is not None:
+        if not callable(options["grid_constructor"]):
+            raise TypeError(f"{p}options['grid_constructor'] must be callable as grid_constructor(func, y0, t)")
+        if options.get("step_size") is not None:
+            raise ValueError(f"{p}options: step_size and grid_constructor exclude each other; give one")
+        kwargs["grid_constructor"] = options["grid_constructor"]
+    if "perturb" in options:
+        if not isinstance(options["perturb"], bool):
+            raise TypeError(f"{p}options['perturb'] must be True or False, got {options['perturb']!r}")
+        kwargs["perturb"] = options["perturb"]
     if "checkpoints" in options:
         k = options["checkpoints"]
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
@@ -131,4 +189,8 @@ def make_settings(method, rtol, atol, options, *, argument_prefix: str = "", adj
         if not isinstance(flag, bool):
             raise TypeError(f"{p}options['per_sample_steps'] must be True or False, got {flag!r}")
         kwargs["per_sample_steps"] = flag
+        given = [k for k in _NOT_PER_SAMPLE if options.get(k) is not None and not (k == "norm" and adjoint
+                                                                                 and options[k] in NORMS)]
+        if flag and given:
+            raise ValueError(f"{p}options['per_sample_steps']=True cannot be combined with {given} (yet)")
     return SolverSettings(tableau=tableau, rtol=rtol, atol=atol, **kwargs)

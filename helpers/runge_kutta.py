@@ -42,6 +42,16 @@ def add_step(y: torch.Tensor, h: Step, weights: Sequence[float], ks: Sequence[to
     return y
 
 
+def nudge(t: torch.Tensor, toward) -> torch.Tensor:
+    """``t`` moved to the next representable value in the direction of ``toward``.
+
+    The gradient passes straight through (the shift is a constant of one unit in the last place).
+    """
+    t_detached = t.detach()
+    toward = torch.as_tensor(toward, dtype=t.dtype, device=t.device).detach()
+    return t + (torch.nextafter(t_detached, toward) - t_detached)
+
+
 def rk_step(
     func: Callable,
     tableau: ButcherTableau,
@@ -49,6 +59,7 @@ def rk_step(
     y: torch.Tensor,
     h: Step,
     k1: Optional[torch.Tensor] = None,
+    perturb: Tuple[bool, bool] = (False, False),
 ) -> Tuple[torch.Tensor, List[torch.Tensor], Optional[torch.Tensor], int]:
     """Take one step of an explicit Runge–Kutta method.
 
@@ -59,14 +70,19 @@ def rk_step(
     - `t`, `y`: the time (0-d tensor) and state at the start of the step.
     - `h`: the signed step size.
     - `k1`: ``func(t, y)`` if already known (the previous step's last stage for FSAL methods).
+    - `perturb`: ``(after_start, before_end)``: evaluate the first stage one representable time
+      after ``t`` (into the step) and the stages at ``t + h`` one representable time before it,
+      so that a ``func`` with a jump at either end sees the side the step lies on
+      (torchdiffeq's ``perturb``).
 
     **Returns:** ``(y_new, ks, error, nfe)``: the new state, the list of stage derivatives
     (for FSAL methods the last is ``func`` at the new state), the local error estimate
     (``None`` for fixed-step methods) and the number of evaluations of ``func`` made.
     """
     nfe = 0
+    after_start, before_end = perturb
     if k1 is None:
-        k1 = func(t, y)
+        k1 = func(nudge(t, t + h) if after_start else t, y)
         nfe += 1
     ks = [k1]
     y_new = None
@@ -74,7 +90,10 @@ def rk_step(
         y_i = add_step(y, h, tableau.a[i], ks)
         if tableau.fsal and i == tableau.stages - 1:
             y_new = y_i  # the last stage of an FSAL method is taken at the new state
-        ks.append(func(t + tableau.c[i] * h, y_i))
+        t_i = t + tableau.c[i] * h
+        if before_end and tableau.c[i] == 1.0:
+            t_i = nudge(t_i, t)
+        ks.append(func(t_i, y_i))
         nfe += 1
     if y_new is None:
         y_new = add_step(y, h, tableau.b, ks)

@@ -19,7 +19,7 @@ import torch
 
 from .errors import SolveError
 from .options import SolverSettings
-from .runge_kutta import add_step, interpolate
+from .runge_kutta import add_step, interpolate, nudge
 from .stats import StepCounter
 from .steppers import EagerStepper
 
@@ -53,17 +53,53 @@ def integrate(
     if settings.per_sample_steps:
         from .per_sample import integrate_per_sample  # one step size per sample of a batch
         return integrate_per_sample(func, y0, t, settings, counter, check_first=check_first)
+    callbacks = _callbacks(func)
+    norm = settings.norm if callable(settings.norm) else None
     wrapped = _checked(func, y0) if check_first else func
     if stepper is None:
-        stepper = EagerStepper(wrapped, settings.tableau, settings.rtol, settings.atol, error_numel)
-    elif check_first and not settings.tableau.adaptive:
-        # the first evaluation happens inside the stepper: check it there, eagerly, once
-        _check_output(func(t[0], y0), y0, t[0])
-    if settings.tableau.adaptive:
-        ys = _integrate_adaptive(wrapped, stepper, y0, t, settings, counter, error_numel)
+        stepper = EagerStepper(wrapped, settings.tableau, settings.rtol, settings.atol, error_numel, norm)
     else:
-        ys = _integrate_fixed(stepper, y0, t, settings, counter, func=wrapped)
+        eager_only = [name for name, given in (("norm", norm is not None), ("perturb", settings.perturb),
+                                               ("jump_t", bool(settings.jump_t))) if given]
+        if eager_only:
+            raise ValueError(f"compiled=True does not support options {eager_only} (yet); use compiled=False")
+        if check_first and not settings.tableau.adaptive:
+            # the first evaluation happens inside the stepper: check it there, eagerly, once
+            _check_output(func(t[0], y0), y0, t[0])
+    if settings.tableau.adaptive:
+        ys = _integrate_adaptive(wrapped, stepper, y0, t, settings, counter, error_numel, callbacks)
+    else:
+        ys = _integrate_fixed(stepper, y0, t, settings, counter, func=wrapped, callbacks=callbacks,
+                              user_func=func)
     return ys
+
+
+CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
+
+
+def _callbacks(func: Callable) -> dict:
+    """torchdiffeq's step callbacks that ``func`` defines, each called as ``callback(t0, y0, dt)``.
+
+    ``callback_step`` before every step attempt, ``callback_accept_step`` after a step is
+    accepted (every step of a fixed-step method), ``callback_reject_step`` after a rejection.
+    The adjoint variants (``callback_step_adjoint``...) are refused rather than ignored.
+    """
+    inner = getattr(func, "func", None)
+    if inner is not None and hasattr(func, "split"):  # the adjoint's backward dynamics
+        adjoint = [name + "_adjoint" for name in CALLBACKS if callable(getattr(inner, name + "_adjoint", None))]
+        if adjoint:
+            raise ValueError(f"odeint_adjoint does not call {adjoint} during the backward solve; "
+                             "remove them from func (the forward callbacks are called)")
+        return {}
+    return {name: getattr(func, name) for name in CALLBACKS if callable(getattr(func, name, None))}
+
+
+def _call(callbacks: dict, name: str, t0, y0, dt) -> None:
+    callback = callbacks.get(name)
+    if callback is not None:
+        if not isinstance(dt, torch.Tensor):
+            dt = torch.tensor(dt, dtype=y0.dtype, device=y0.device)
+        callback(t0, y0, dt)
 
 
 def _checked(func: Callable, y0: torch.Tensor) -> Callable:
@@ -133,13 +169,19 @@ def step_counts(times: List[float], step_size: float, eps: float) -> List[int]:
 
 
 def _integrate_fixed(stepper, y0, t, settings: SolverSettings, counter: StepCounter,
-                    func: Optional[Callable] = None) -> torch.Tensor:
+                    func: Optional[Callable] = None, callbacks: Optional[dict] = None,
+                    user_func: Optional[Callable] = None) -> torch.Tensor:
     """Equal steps of at most ``step_size`` between consecutive requested times.
 
     Stepping onto every requested time (rather than interpolating) keeps the method's full order
     at the outputs, and makes each step's length a function of ``t``, so gradients reach ``t``.
+    With ``grid_constructor`` the steps run between the points of its grid and the requested
+    times together.
     """
+    callbacks = callbacks or {}
     t_list = t.tolist()
+    if settings.grid_constructor is not None:
+        return _integrate_on_grid(stepper, y0, t, settings, counter, callbacks, user_func)
     counts = [1] * (len(t_list) - 1) if settings.step_size is None else step_counts(
         t_list, settings.step_size, torch.finfo(t.dtype).eps)
     total = sum(counts)
@@ -154,7 +196,8 @@ def _integrate_fixed(stepper, y0, t, settings: SolverSettings, counter: StepCoun
     # lets each stage be formed with fused adds.
     t_needs_grad = t.requires_grad and torch.is_grad_enabled()
     # a compiled stepper can take several steps in one call (see helpers.steppers.CHAIN_LENGTH)
-    chain = getattr(stepper, "chain_length", None) or 0
+    chain = 0 if callbacks else getattr(stepper, "chain_length", None) or 0
+    perturb = (True, True) if settings.perturb else None
     for i, n in enumerate(counts):
         start = t[i]
         h = (t[i + 1] - start) / n if t_needs_grad else (t_list[i + 1] - t_list[i]) / n
@@ -165,7 +208,14 @@ def _integrate_fixed(stepper, y0, t, settings: SolverSettings, counter: StepCoun
                 y, nfe = stepper.chain(times, y, h)
                 j += chain
             else:
-                y, _, _, nfe = stepper(start + j * h if j else start, y, h)
+                t_j = start + j * h if j else start
+                _call(callbacks, "callback_step", t_j, y, h)
+                y_prev = y
+                if perturb:
+                    y, _, _, nfe = stepper(t_j, y, h, perturb=perturb)
+                else:
+                    y, _, _, nfe = stepper(t_j, y, h)
+                _call(callbacks, "callback_accept_step", t_j, y_prev, h)
                 j += 1
             counter.nfe += nfe
         counter.accepted += n
@@ -181,6 +231,54 @@ def _integrate_fixed(stepper, y0, t, settings: SolverSettings, counter: StepCoun
             f"the state became non-finite (inf or nan) between t={t_list[i - 1]:.6g} and t={t_list[i]:.6g}; "
             "the step size may be too large for this problem, or its solution blows up"
         ))
+    return out
+
+
+def _integrate_on_grid(stepper, y0, t, settings: SolverSettings, counter: StepCounter, callbacks: dict,
+                       user_func: Optional[Callable]) -> torch.Tensor:
+    """Fixed steps between the points of ``grid_constructor(func, y0, t)`` and the requested times."""
+    with torch.no_grad():
+        grid = settings.grid_constructor(user_func, y0, t)
+    if not isinstance(grid, torch.Tensor) or grid.dim() != 1 or len(grid) < 2:
+        raise ValueError("options['grid_constructor'] must return a 1-D tensor of at least two times")
+    g = grid.detach().tolist()
+    t_list = t.tolist()
+    direction = 1.0 if t_list[-1] > t_list[0] else -1.0
+    if g[0] != t_list[0] or g[-1] != t_list[-1]:
+        raise ValueError(f"options['grid_constructor'] must return a grid from t[0]={t_list[0]!r} to "
+                         f"t[-1]={t_list[-1]!r}, got one from {g[0]!r} to {g[-1]!r}")
+    if any(direction * (b - a) <= 0 for a, b in zip(g[:-1], g[1:])):
+        raise ValueError("options['grid_constructor'] must return strictly monotonic times, in t's direction")
+    # the grid's points strictly inside each interval between requested times
+    inner = [[x for x in g if direction * (x - a) > 0 and direction * (b - x) > 0]
+             for a, b in zip(t_list[:-1], t_list[1:])]
+    total = sum(len(x) + 1 for x in inner)
+    if settings.max_num_steps is not None and total > settings.max_num_steps:
+        raise SolveError(f"the grid needs {total} steps, more than max_num_steps={settings.max_num_steps}")
+    t_needs_grad = t.requires_grad and torch.is_grad_enabled()
+    perturb = (True, True) if settings.perturb else None
+    ys: List[torch.Tensor] = [y0]
+    y = y0
+    for i, points in enumerate(inner):
+        ends = [torch.tensor(x, dtype=t.dtype, device=t.device) for x in points] + [t[i + 1]]
+        start = t[i]
+        for end in ends:
+            h = end - start if t_needs_grad else float(end) - float(start)
+            _call(callbacks, "callback_step", start, y, h)
+            y_prev = y
+            y, _, _, nfe = stepper(start, y, h, perturb=perturb) if perturb else stepper(start, y, h)
+            _call(callbacks, "callback_accept_step", start, y_prev, h)
+            counter.nfe += nfe
+            counter.accepted += 1
+            start = end
+        ys.append(y)
+    out = torch.stack(ys)
+    i = _first_nonfinite(out)
+    if i is not None:
+        raise SolveError(
+            f"the state became non-finite (inf or nan) between t={t_list[i - 1]:.6g} and t={t_list[i]:.6g}; "
+            "the grid may be too coarse for this problem, or its solution blows up"
+        )
     return out
 
 
@@ -220,12 +318,17 @@ def _replay_fixed(func, tableau, y, t0: float, h: float, n: int, t: torch.Tensor
     return None
 
 
-def _initial_step(func, t0, y0, f0, order, rtol, atol, direction, error_numel, counter) -> float:
-    """Hairer, Nørsett & Wanner's starting step (Solving ODEs I, II.4): one extra evaluation."""
+def _initial_step(func, t0, y0, f0, order, rtol, atol, direction, error_numel, counter, norm=None) -> float:
+    """Hairer, Nørsett & Wanner's starting step (Solving ODEs I, II.4): one extra evaluation.
+
+    ``norm``: the user's error norm (torchdiffeq's ``norm`` option), else the RMS.
+    """
     def rms(x):
         x = x.detach()
         if error_numel is not None:
             x = x.reshape(-1)[:error_numel]
+        if norm is not None:
+            return abs(float(norm(x)))
         return float(torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1)))
 
     y0, f0 = y0.detach(), f0.detach()
@@ -286,13 +389,22 @@ def _func_nonfinite_message(tries, t_now_f: float, underflow: Optional[float] = 
     )
 
 
-def _integrate_adaptive(func, stepper, y0, t, settings: SolverSettings, counter: StepCounter, error_numel) -> torch.Tensor:
+def _integrate_adaptive(func, stepper, y0, t, settings: SolverSettings, counter: StepCounter, error_numel,
+                        callbacks: Optional[dict] = None) -> torch.Tensor:
+    callbacks = callbacks or {}
     tableau = settings.tableau
     t_list = t.tolist()
     t_end = t_list[-1]
     direction = 1.0 if t_end > t_list[0] else -1.0
     eps = torch.finfo(y0.dtype).eps
     exponent = -1.0 / (tableau.error_order + 1)
+    min_step, max_step = settings.min_step, settings.max_step
+    # step_t and jump_t inside the span, in the direction of integration: steps end on each
+    jumps = set(settings.jump_t)
+    stops = sorted((x for x in set(settings.step_t) | jumps
+                    if direction * (x - t_list[0]) > 0 and direction * (t_end - x) > 0),
+                   key=lambda x: direction * x)
+    next_stop = 0
 
     t_now = t[0]
     t_now_f = t_list[0]
@@ -304,7 +416,8 @@ def _integrate_adaptive(func, stepper, y0, t, settings: SolverSettings, counter:
         h_abs = settings.first_step
     else:
         h_abs = _initial_step(func, t_now, y, f0, tableau.order, settings.rtol, settings.atol,
-                              direction, error_numel, counter)
+                              direction, error_numel, counter,
+                              settings.norm if callable(settings.norm) else None)
 
     ys: List[torch.Tensor] = [y0]
     next_out = 1
@@ -321,6 +434,7 @@ def _integrate_adaptive(func, stepper, y0, t, settings: SolverSettings, counter:
                 "or use a fixed-step method"
             )
         steps += 1
+        h_abs = min(max(h_abs, min_step), max_step)
         if h_abs <= 4 * eps * max(abs(t_now_f), 1.0):
             if last_culprit is not None:
                 raise SolveError(_func_nonfinite_message([last_culprit], t_now_f, underflow=h_abs))
@@ -333,22 +447,35 @@ def _integrate_adaptive(func, stepper, y0, t, settings: SolverSettings, counter:
                 f"step size underflow at t={t_now_f:.6g}: the step fell to {h_abs:.3g}, below what "
                 f"{y0.dtype} can resolve; the problem may be stiff or singular there"
             )
-        # the step ends exactly on the target: the last time, or with no dense output the next one
+        # the step ends exactly on the target: the last time, or with no dense output the next one,
+        # or an earlier step_t / jump_t
         target = next_out if tableau.dense is None else len(t_list) - 1
         t_target = t_list[target]
-        last = direction * (t_now_f + direction * h_abs - t_target) >= -4 * eps * max(abs(t_target), 1.0)
-        if last:
+        stop = stops[next_stop] if next_stop < len(stops) else None
+        if stop is not None and direction * (stop - t_target) >= 0:
+            stop = None
+        t_goal = t_target if stop is None else stop
+        last = direction * (t_now_f + direction * h_abs - t_goal) >= -4 * eps * max(abs(t_goal), 1.0)
+        at_jump = last and stop is not None and stop in jumps
+        if last and stop is None:
             h = t[target] - t_now  # a tensor, so the state there depends on t[target]
             h_f = t_target - t_now_f
+        elif last:
+            h = h_f = stop - t_now_f
         else:
             h = h_f = direction * h_abs
-        y_new, ks, ratio, nfe = stepper(t_now, y, h, f0)
+        _call(callbacks, "callback_step", t_now, y, h)
+        if at_jump:  # the stages at the jump see f's value from before it
+            y_new, ks, ratio, nfe = stepper(t_now, y, h, f0, perturb=(False, True))
+        else:
+            y_new, ks, ratio, nfe = stepper(t_now, y, h, f0)
         counter.nfe += nfe
         ratio = float(ratio)  # the one synchronisation per step: accept or reject
         if not math.isfinite(ratio):
             # rare, so more synchronisations are fine here: did func return nan/inf itself?
             culprit = _nonfinite_stage(tableau, t_now_f, y, h, h_f, ks)
             counter.rejected += 1
+            _call(callbacks, "callback_reject_step", t_now, y, h)
             if culprit is not None:
                 last_culprit = culprit
                 func_nonfinite.append(culprit)
@@ -357,24 +484,32 @@ def _integrate_adaptive(func, stepper, y0, t, settings: SolverSettings, counter:
             nonfinite_at = t_now_f + h_f
             h_abs = abs(h_f) * settings.min_factor
             continue
-        if ratio <= 1.0:
+        if ratio <= 1.0 or abs(h_f) <= min_step:  # a step at min_step is accepted whatever its error
             counter.accepted += 1
-            t_new_f = t_target if last else t_now_f + h_f
+            _call(callbacks, "callback_accept_step", t_now, y, h)
+            t_new_f = t_goal if last else t_now_f + h_f
             while next_out < len(t_list) and direction * (t_list[next_out] - t_new_f) <= 0:
-                if last and next_out == target:
+                if last and stop is None and next_out == target:
                     ys.append(y_new)
                 else:
                     theta = (t[next_out] - t_now) / h
                     ys.append(interpolate(tableau, y, y_new, ks, h, theta))
                 next_out += 1
-            t_now = t[target] if last else t_now + h
+            t_now = t[target] if last and stop is None else t_now + h
             t_now_f = t_new_f
             y, f0 = y_new, ks[-1]
+            if last and stop is not None:
+                next_stop += 1
+                if at_jump:
+                    # past a jump of f: the next step starts from f's value after it
+                    f0 = func(nudge(t_now, t_now + direction), y)
+                    counter.nfe += 1
             nonfinite_at = None
             if func_nonfinite and direction * (t_now_f - func_nonfinite[-1][0]) > 0:
                 func_nonfinite = []  # the solve got past where func failed
         else:
             counter.rejected += 1
+            _call(callbacks, "callback_reject_step", t_now, y, h)
         factor = settings.max_factor if ratio == 0 else settings.safety * ratio ** exponent
         factor = min(settings.max_factor, max(settings.min_factor, factor))
         if ratio > 1.0:

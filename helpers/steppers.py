@@ -55,22 +55,26 @@ def resolve_compile(compiled) -> Optional[str]:
 
 
 def error_ratio(error: torch.Tensor, y: torch.Tensor, y_new: torch.Tensor, rtol: float, atol: float,
-                error_numel: Optional[int] = None) -> torch.Tensor:
+                error_numel: Optional[int] = None, norm: Optional[Callable] = None) -> torch.Tensor:
     """The root-mean-square of the local error measured against ``atol + rtol·max(|y|, |y_new|)``.
 
     ``error_numel``: if given, only the first ``error_numel`` entries of the flattened state count
-    (the adjoint's seminorm). Step control is not differentiated, so the inputs are detached.
+    (the adjoint's seminorm). ``norm``: a callable to use instead of the root-mean-square, applied
+    to the scaled error ``error / (atol + rtol·max(|y|, |y_new|))`` (torchdiffeq's ``norm``
+    option). Step control is not differentiated, so the inputs are detached.
     """
     error, y, y_new = error.detach(), y.detach(), y_new.detach()
     if error_numel is not None:
         error, y, y_new = (x.reshape(-1)[:error_numel] for x in (error, y, y_new))
     scale = torch.maximum(y.abs(), y_new.abs()) * rtol + atol
+    if norm is not None:
+        return torch.as_tensor(norm(error / scale), device=error.device).detach().abs()
     return torch.linalg.vector_norm(error / scale) / math.sqrt(max(error.numel(), 1))
 
 
-def _take_step(func, tableau, rtol, atol, error_numel, t, y, h, k1):
-    y_new, ks, error, _ = rk_step(func, tableau, t, y, h, k1)
-    ratio = None if error is None else error_ratio(error, y, y_new, rtol, atol, error_numel)
+def _take_step(func, tableau, rtol, atol, error_numel, t, y, h, k1, perturb=(False, False), norm=None):
+    y_new, ks, error, _ = rk_step(func, tableau, t, y, h, k1, perturb)
+    ratio = None if error is None else error_ratio(error, y, y_new, rtol, atol, error_numel, norm)
     if ratio is not None and tableau.fsal and tableau.b_err[-1] == 0.0:
         # the FSAL stage (f at the new state) is not in the error estimate, yet the next step
         # starts from it: a nan/inf there rejects this step, without a synchronisation
@@ -84,16 +88,20 @@ def _take_step(func, tableau, rtol, atol, error_numel, t, y, h, k1):
 class EagerStepper:
     """A Runge–Kutta step run op by op (the default).
 
-    **Arguments:** `func` (the vector field), `tableau`, `rtol`, `atol`, and `error_numel` (the
-    seminorm's size, or ``None``).
+    **Arguments:** `func` (the vector field), `tableau`, `rtol`, `atol`, `error_numel` (the
+    seminorm's size, or ``None``) and `norm` (a callable error norm, or ``None`` for the RMS).
+    Called with ``perturb=(after_start, before_end)`` it nudges stage times as
+    :func:`helpers.runge_kutta.rk_step` describes.
     """
 
     def __init__(self, func: Callable, tableau: ButcherTableau, rtol: float, atol: float,
-                 error_numel: Optional[int] = None):
+                 error_numel: Optional[int] = None, norm: Optional[Callable] = None):
         self.func, self.tableau, self.rtol, self.atol, self.error_numel = func, tableau, rtol, atol, error_numel
+        self.norm = norm
 
-    def __call__(self, t, y, h, k1=None):
-        y_new, ks, ratio = _take_step(self.func, self.tableau, self.rtol, self.atol, self.error_numel, t, y, h, k1)
+    def __call__(self, t, y, h, k1=None, perturb=(False, False)):
+        y_new, ks, ratio = _take_step(self.func, self.tableau, self.rtol, self.atol, self.error_numel, t, y, h, k1,
+                                      perturb, self.norm)
         return y_new, ks, ratio, self.tableau.stages - (k1 is not None)
 
 
