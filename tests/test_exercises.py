@@ -118,6 +118,8 @@ REFERENCE = {
     "ch6-ex-my-adjoint": my_adjoint,
     "ch9-ex-my-dldt0": my_dldt,
     "ch9-q-sign": "b",
+    "ch2-q-memory": "b",
+    "ch10-q-exact": "b",
 }
 
 
@@ -258,6 +260,8 @@ WRONG = [
     ("ch9-ex-my-dldt0", _dldt_sign, "dL/dt0"),
     ("ch9-ex-my-dldt0", _dldt_wrong_end, "dL/dt0"),
     ("ch9-q-sign", "a", "option (a)"),
+    ("ch2-q-memory", "a", "option (a)"),
+    ("ch10-q-exact", "c", "option (c)"),
 ]
 
 
@@ -350,7 +354,7 @@ def test_no_message_contains_the_reference_numbers(label):
 
 def test_multiple_choice_answers_are_not_stored_in_clear():
     source = "".join(p.read_text() for p in (ROOT / "helpers" / "exercises").glob("*.py"))
-    for label in ("ch3-ex-encoder", "ch5-ex-jvp", "ch9-q-sign"):
+    for label in ("ch3-ex-encoder", "ch5-ex-jvp", "ch9-q-sign", "ch2-q-memory", "ch10-q-exact"):
         assert _core.digest(label, REFERENCE[label]) in source
         assert not re.search(rf'right\s*=\s*"{REFERENCE[label]}"', source)
 

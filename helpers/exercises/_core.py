@@ -7,10 +7,9 @@ their checkers with :func:`exercise` and :func:`choice`, and ``helpers.exercises
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
@@ -284,12 +283,3 @@ def lookup(label: str) -> Exercise:
         known = ", ".join(near) if near else ", ".join(sorted(REGISTRY))
         raise ValueError(f"label {label!r} names no self-checking exercise; known: {known}")
     return REGISTRY[label]
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    scale = b.abs().max().item() or 1.0
-    return (a - b).abs().max().item() / scale
-
-
-def finite(x: float) -> bool:
-    return math.isfinite(x)
