@@ -280,6 +280,7 @@ def test_reference_answer_is_right(label, capsys):
     result = ex.check(label, REFERENCE[label])
     assert result.status == "right", result.message
     assert result.message in capsys.readouterr().out
+    assert all(len(line) <= 68 for line in result.message.splitlines()), result.message
     assert "right" in result.message
     if callable(REFERENCE[label]):
         assert result.error is not None and result.error < 1e-5
@@ -290,8 +291,9 @@ def test_reference_answer_is_right(label, capsys):
 def test_planted_wrong_answer_is_caught_and_named(label, answer, quantity):
     result = ex.check(label, answer)
     assert result.status == "wrong", result.message
-    first = result.message.splitlines()[0]
+    first = result.message.split("Look at:")[0].replace("\n", " ")
     assert quantity in first, result.message
+    assert all(len(line) <= 68 for line in result.message.splitlines()), result.message
     assert "Look at:" in result.message and "ex.hint" in result.message
     if callable(answer):
         assert "case " in first  # at which input
@@ -304,6 +306,7 @@ def test_untouched_starter_is_not_attempted(label, starter):
         pytest.skip("a multiple-choice answer is a letter, not a function")
     result = ex.check(label, starter)
     assert result.status == "not attempted" and "not attempted yet" in result.message
+    assert all(len(line) <= 68 for line in result.message.splitlines()), result.message
     assert result.error is None
 
 
@@ -380,6 +383,7 @@ def test_hints_are_graded_and_distinct():
     for label in ex.labels():
         hints = [ex.hint(label, n) for n in (1, 2, 3)]
         assert len(set(hints)) == 3 and all(f"hint {n} of 3" in h for n, h in zip((1, 2, 3), hints))
+        assert all(len(line) <= 68 for h in hints for line in h.splitlines())
 
 
 def test_a_function_that_crashes_is_wrong_not_an_error():

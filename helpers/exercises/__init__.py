@@ -48,7 +48,7 @@ Introduced in the chapter "The Lagrangian" (chapter 3); used from chapter 3 on.
 from __future__ import annotations
 
 from . import ch02, ch03, ch04, ch05, ch06, ch09, ch10  # noqa: F401  (each registers its exercises)
-from ._core import REGISTRY, STATUSES, CheckResult, run_check
+from ._core import REGISTRY, STATUSES, CheckResult, run_check, wrap
 
 __all__ = ["check", "hint", "labels", "CheckResult", "STATUSES"]
 
@@ -68,6 +68,8 @@ def check(label: str, answer) -> CheckResult:
 
     **Raises:** ``TypeError`` for a label that is not a string; ``ValueError`` for a label that
     names no self-checking exercise.
+
+    Introduced in the chapter "The Lagrangian".
     """
     return run_check(label, answer)
 
@@ -84,6 +86,8 @@ def hint(label: str, n: int = 1) -> str:
 
     **Raises:** ``ValueError`` for an unknown label or an ``n`` outside 1..3; ``TypeError`` for
     an ``n`` that is not an integer.
+
+    Introduced in the chapter "The Lagrangian".
     """
     from ._core import lookup
 
@@ -94,7 +98,7 @@ def hint(label: str, n: int = 1) -> str:
         raise TypeError(f"n must be an integer 1, 2 or 3, got {type(n).__name__}")
     if not 1 <= n <= len(ex.hints):
         raise ValueError(f"n must be 1, 2 or 3, got {n}")
-    text = f"{label}, hint {n} of {len(ex.hints)}: {ex.hints[n - 1]}"
+    text = wrap(f"{label}, hint {n} of {len(ex.hints)}: {ex.hints[n - 1]}")
     print(text)
     return text
 
@@ -103,5 +107,7 @@ def labels() -> list:
     """The labels of every self-checking exercise, sorted.
 
     **Returns:** a list of strings.
+
+    Introduced in the chapter "The Lagrangian".
     """
     return sorted(REGISTRY)

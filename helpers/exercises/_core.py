@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import textwrap
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence
 
@@ -180,8 +181,9 @@ def compare(quantity: str, got, expected: torch.Tensor, *, where: str = "",
         hint = ""
         if got.dim() == 2 and tuple(got.shape[::-1]) == tuple(expected.shape):
             hint = "a transposed product? "
-        raise Wrong(quantity, f"has shape {tuple(got.shape)}, expected shape "
-                    f"{tuple(expected.shape)}", where, hint + look_at)
+        want = "a single number" if expected.dim() == 0 else f"shape {tuple(expected.shape)}"
+        raise Wrong(quantity, f"has shape {tuple(got.shape)}, expected {want}", where,
+                    hint + look_at)
     if not torch.isfinite(got).all():
         raise Wrong(quantity, "contains inf or nan", where, look_at)
     scale = expected.abs().max().item() if expected.numel() else 0.0
@@ -237,22 +239,29 @@ def rk4_adjoint(func, z0: torch.Tensor, t0: float, t1: float, loss_fn: Callable,
     return state[1], state[2:]
 
 
+COLUMN = 68  # printed lines fit the book's code column (helpers.display.COLUMN)
+
+
+def wrap(*paragraphs: str) -> str:
+    """Each paragraph on its own lines, wrapped at the book's column; long tokens stay whole."""
+    return "\n".join(textwrap.fill(p, COLUMN, break_long_words=False, break_on_hyphens=False)
+                     for p in paragraphs if p)
+
+
 def format_message(ex: Exercise, status: str, error: Optional[float] = None,
                    wrong: Optional[Wrong] = None) -> str:
+    more = f"More help: ex.hint({ex.label!r}, 1), then 2 and 3."
     if status == "not attempted":
         what = "choose an option" if ex.kind == "choice" else "fill in the starter cell"
-        return (f"{ex.label}: not attempted yet. {what.capitalize()} above, run it, then run "
-                f"this cell again. Stuck? ex.hint({ex.label!r}, 1).")
+        return wrap(f"{ex.label}: not attempted yet. {what.capitalize()} above, run it, then "
+                    "run this cell again.", more)
     if status == "right":
         err = "" if error is None else f" Largest relative error {error:.1e}."
-        return f"{ex.label}: right. {ex.success}{err}".replace("  ", " ").strip()
+        return wrap(f"{ex.label}: right. {ex.success}{err}".replace("  ", " ").strip())
     assert wrong is not None
-    lines = [f"{ex.label}: not yet. {wrong.quantity} {wrong.detail}"
-             + (f", at {wrong.where}" if wrong.where else "") + "."]
-    if wrong.look_at:
-        lines.append(f"Look at: {wrong.look_at}")
-    lines.append(f"More help: ex.hint({ex.label!r}, 1), then 2 and 3.")
-    return "\n".join(lines)
+    first = (f"{ex.label}: not yet. {wrong.quantity} {wrong.detail}"
+             + (f", at {wrong.where}" if wrong.where else "") + ".")
+    return wrap(first, f"Look at: {wrong.look_at}" if wrong.look_at else "", more)
 
 
 def run_check(label: str, answer, quiet: bool = False) -> CheckResult:
