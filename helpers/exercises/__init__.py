@@ -48,7 +48,7 @@ Introduced in the chapter "The Lagrangian" (chapter 3); used from chapter 3 on.
 from __future__ import annotations
 
 from . import ch02, ch03, ch04, ch05, ch06, ch09, ch10  # noqa: F401  (each registers its exercises)
-from ._core import REGISTRY, STATUSES, CheckResult, run_check
+from ._core import REGISTRY, STATUSES, CheckResult, run_check, wrap
 
 __all__ = ["check", "hint", "labels", "CheckResult", "STATUSES"]
 
@@ -98,7 +98,7 @@ def hint(label: str, n: int = 1) -> str:
         raise TypeError(f"n must be an integer 1, 2 or 3, got {type(n).__name__}")
     if not 1 <= n <= len(ex.hints):
         raise ValueError(f"n must be 1, 2 or 3, got {n}")
-    text = f"{label}, hint {n} of {len(ex.hints)}: {ex.hints[n - 1]}"
+    text = wrap(f"{label}, hint {n} of {len(ex.hints)}: {ex.hints[n - 1]}")
     print(text)
     return text
 
