@@ -381,3 +381,23 @@ def test_outputs_and_gradients_keep_dtype_and_device(config, dtype):
         loose = config == "odeint-dopri5" and name == "t"
         bound = (1e-7 if loose else 2e-9) if dtype == F64 else (1e-3 if loose else 1e-5)
         assert e < bound, name
+
+
+# Catches: a seminorm that leaves λ out of the backward solve's step control along with a_θ
+# (error_numel = n instead of 2n). Starting at the equilibrium z = 0 of dz/dt = A z, z stays 0 and
+# only λ moves (dλ/dt = -Aᵀλ), so a norm on z alone lets the steps grow unchecked. dL/dy0 =
+# λ(t0) = exp(Aᵀ(t1 - t0)) w exactly. Measured at rtol 1e-8: within 2.0e-8 (seminorm) and 2.9e-8
+# (full norm) of it; with λ left out, 4.8e3 off.
+@pytest.mark.parametrize("norm", ["seminorm", "full"])
+def test_adjoint_step_control_watches_lambda(device, norm):
+    A = torch.tensor([[-0.5, 3.0], [-3.0, -0.5]], dtype=F64, device=device)
+    f = LinearODE(A)
+    y0 = torch.zeros(2, dtype=F64, device=device, requires_grad=True)
+    t = torch.tensor([0.0, 4.0], dtype=F64, device=device)
+    w = torch.tensor([1.0, -2.0], dtype=F64, device=device)
+    stats = helpers.SolveStats()
+    ys = helpers.odeint_adjoint(f, y0, t, rtol=1e-8, atol=1e-10, adjoint_options=dict(norm=norm), stats=stats)
+    (g,) = torch.autograd.grad((w * ys[-1]).sum(), [y0])
+    exact = torch.linalg.matrix_exp(A.T * 4.0) @ w
+    print(f"\n{norm}: dL/dy0 error {rel_max(g, exact):.1e}; {stats}")
+    assert rel_max(g, exact) < 1e-7
