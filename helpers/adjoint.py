@@ -44,6 +44,8 @@ class AugmentedDynamics:
 
     Calling it with ``(t, state)`` returns ``d state / dt``; each call costs one evaluation of
     ``func`` and one vector–Jacobian product.
+
+    Introduced in the chapter "Choosing λ: the adjoint equation".
     """
 
     def __init__(self, func: Callable, shape: torch.Size, params: Sequence[torch.Tensor]):
@@ -80,6 +82,8 @@ def checkpoint_grid(t: torch.Tensor, checkpoints: int):
 
     **Returns:** ``(grid, out_index)``: the merged, strictly monotonic times (a tensor like ``t``)
     and the position of each requested time in it.
+
+    Introduced in the chapter "When the adjoint goes wrong".
     """
     times = t.tolist()
     if checkpoints == 0:
@@ -216,6 +220,8 @@ class UntrackedGradientGuard:
 
     - `func`: the vector field as the user gave it (for naming the tensor in the message).
     - `known`: the tensors whose gradients the adjoint computes or deliberately leaves out.
+
+    Used in the chapter "The problem".
     """
 
     def __init__(self, func, known: Sequence[torch.Tensor]):
@@ -347,6 +353,8 @@ def odeint_adjoint(
 
     **Raises:** as :func:`helpers.odeint`; asking for a second-order gradient
     (``create_graph=True``) raises ``ValueError``.
+
+    Introduced in the chapter "The problem".
     """
     func, y0, unflatten = flatten_state(func, y0)
     t = check_inputs(func, y0, t)

@@ -119,6 +119,8 @@ def solve_until_event(func, y0, t, event_fn, settings, counter: StepCounter, int
     **Raises:** :class:`helpers.SolveError` when no sign change occurs within the solver's
     ``max_num_steps``; ``ValueError`` when ``g`` is already zero at ``t[0]`` or a fixed-step
     method has no ``step_size``.
+
+    Not shown in the book; it extends the chapter "Gradients with respect to t0, t1 and the observation times".
     """
     tableau = settings.tableau
     direction = 1.0 if float(t[1].detach()) > float(t[0].detach()) else -1.0
@@ -166,6 +168,8 @@ def attach_event_gradient(func, event_fn, t_event, y_event, sign0=None):
 
     **Returns:** ``(t_event, y_event)`` with the same values, whose gradients now include how
     the event time moves: ``dt*/dp`` and ``f(t*, z*) dt*/dp``.
+
+    Not shown in the book; it extends the chapter "Gradients with respect to t0, t1 and the observation times".
     """
     t_d, y_d = t_event.detach(), y_event.detach()
     with torch.no_grad():
@@ -204,6 +208,8 @@ def odeint_event(func, y0, t0, *, event_fn, reverse_time=False, odeint_interface
     **Returns:** ``(t_event, solution)``, ``solution`` holding ``y0`` and the state at the
     event; both carry gradients with respect to ``y0``, ``t0``, the parameters of ``func`` and
     the tensors of ``event_fn`` (implicit function theorem, see :mod:`helpers.events`).
+
+    Not shown in the book; it extends the chapter "Gradients with respect to t0, t1 and the observation times".
     """
     if odeint_interface is None:
         from .odeint import odeint as odeint_interface
@@ -223,6 +229,8 @@ def odeint_until_event(func, y0, t, event_fn, settings, counter, integrate, adjo
 
     **Returns:** ``(t_event, solution)`` with ``solution = stack([y0, y(t_event)])``; the event
     time has ``t``'s dtype.
+
+    Not shown in the book; it extends the chapter "Gradients with respect to t0, t1 and the observation times".
     """
     if adjoint_solve is None:
         t_event, y_event, sign0 = solve_until_event(func, y0, t, event_fn, settings, counter, integrate)

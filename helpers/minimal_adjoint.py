@@ -41,6 +41,8 @@ def rk4_step(rhs: Callable, t: float, state: Sequence[torch.Tensor],
     - `h`: the step; negative to step backward in time.
 
     **Returns:** the list of tensors at time ``t + h``.
+
+    Introduced in the chapter "The adjoint algorithm".
     """
     def shifted(k, c):  # state + c * k, tensor by tensor
         return [y + c * dy for y, dy in zip(state, k)]
@@ -87,6 +89,8 @@ def minimal_adjoint(func: nn.Module, z0: torch.Tensor, t0: float,
     **Raises:** ``TypeError`` for a ``func`` that is not a module, a ``z0`` that is not a
     floating-point tensor, or times that are not real numbers; ``ValueError`` for ``t0 == t1`` or
     a ``steps`` that is not a positive integer.
+
+    Introduced in the chapter "The adjoint algorithm".
     """
     _check(func, z0, t0, t1, steps)
     params = [p for p in func.parameters() if p.requires_grad]

@@ -22,6 +22,8 @@ def check_inputs(func, y0, t) -> torch.Tensor:
     **Returns:** ``t`` cast to ``y0``'s dtype (still linked to the original ``t`` by autograd,
     so its gradient arrives in the original dtype): ``func`` always sees times in the state's
     dtype, and the solution has the state's dtype, as in torchdiffeq.
+
+    Used in the chapter "Neural ODEs and the forward pass".
     """
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
@@ -65,7 +67,10 @@ def check_inputs(func, y0, t) -> torch.Tensor:
 
 
 def make_stepper(func, settings, compiled, device, error_numel=None, adjoint_of=None):
-    """The compiled stepper that ``compiled`` asks for, or ``None`` for the default eager one."""
+    """The compiled stepper that ``compiled`` asks for, or ``None`` for the default eager one.
+
+    Used in the chapter "Neural ODEs and the forward pass".
+    """
     mode = resolve_compile(compiled)
     if mode is None:
         return None
@@ -80,7 +85,10 @@ NOT_PROVIDED = ("adams", "explicit_adams", "implicit_adams", "fixed_adams", "sci
 
 
 def refuse_not_provided(method, argument: str = "method") -> None:
-    """Refuse, with a way forward, a torchdiffeq method that helpers does not provide."""
+    """Refuse, with a way forward, a torchdiffeq method that helpers does not provide.
+
+    Used in the chapter "Neural ODEs and the forward pass".
+    """
     if isinstance(method, str) and method in NOT_PROVIDED:
         raise ValueError(
             f"{argument}={method!r} is a torchdiffeq method that helpers does not provide (helpers has "
@@ -90,7 +98,10 @@ def refuse_not_provided(method, argument: str = "method") -> None:
 
 
 def one_time_solution(y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The solution at the single time ``t[0]``: ``y0`` itself, as a new tensor of shape ``(1, *y0.shape)``."""
+    """The solution at the single time ``t[0]``: ``y0`` itself, as a new tensor of shape ``(1, *y0.shape)``.
+
+    Used in the chapter "Neural ODEs and the forward pass".
+    """
     return y0.unsqueeze(0).clone()
 
 
@@ -156,6 +167,8 @@ def odeint(
 
     **Raises:** ``TypeError``/``ValueError`` for bad arguments, :class:`helpers.SolveError`
     when a solve cannot reach the final time.
+
+    Introduced in the chapter "Neural ODEs and the forward pass".
     """
     func, y0, unflatten = flatten_state(func, y0)
     t = check_inputs(func, y0, t)
@@ -189,6 +202,8 @@ def solve_to_event(func, y0, t, event_fn, settings, compiled, stats, unflatten, 
     for :func:`helpers.events.odeint_until_event`.
 
     **Returns:** ``(event_t, solution)``.
+
+    Not shown in the book; it extends the chapter "Gradients with respect to t0, t1 and the observation times".
     """
     from .events import odeint_until_event
 
@@ -210,7 +225,10 @@ def solve_to_event(func, y0, t, event_fn, settings, compiled, stats, unflatten, 
 
 
 def refuse_tuple_per_sample(unflatten, settings, argument: str) -> None:
-    """Per-sample steps need a batch along dim 0, which a flattened tuple state no longer has."""
+    """Per-sample steps need a batch along dim 0, which a flattened tuple state no longer has.
+
+    Not shown in the book; it extends the chapter "Appendix: measured performance".
+    """
     if unflatten is not None and settings.per_sample_steps:
         raise ValueError(
             f"{argument}['per_sample_steps'] needs y0 to be one tensor with the batch along dim 0, "

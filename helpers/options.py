@@ -26,7 +26,10 @@ _NOT_PER_SAMPLE = ("min_step", "max_step", "norm", "step_t", "jump_t", "grid_poi
 
 @dataclass(frozen=True)
 class SolverSettings:
-    """A method with its checked tolerances and options."""
+    """A method with its checked tolerances and options.
+
+    Used in the chapter "Neural ODEs and the forward pass".
+    """
 
     tableau: ButcherTableau
     rtol: float
@@ -49,6 +52,18 @@ class SolverSettings:
 
 
 def resolve_method(method, argument: str = "method") -> ButcherTableau:
+    """The Butcher tableau a ``method`` name stands for (``None``: the default, dopri5).
+
+    **Arguments:**
+
+    - `method`: a method name, one of the keys of ``METHODS``, or ``None``.
+    - `argument`: the argument's name, for the error messages.
+
+    **Returns:** the :class:`ButcherTableau`; a name that is not a string is a ``TypeError``,
+    an unknown name a ``ValueError``.
+
+    Used in the chapter "Neural ODEs and the forward pass".
+    """
     if method is None:
         method = DEFAULT_METHOD
     if not isinstance(method, str):
@@ -98,6 +113,8 @@ def make_settings(method, rtol, atol, options, *, argument_prefix: str = "", adj
 
     ``argument_prefix`` is ``"adjoint_"`` when checking the backward solve's settings, so that
     messages name the argument the user actually passed.
+
+    Used in the chapter "Neural ODEs and the forward pass".
     """
     p = argument_prefix
     tableau = resolve_method(method, f"{p}method")

@@ -18,7 +18,10 @@ Step = Union[float, torch.Tensor]
 
 
 def weighted_sum(weights: Sequence[float], ks: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:
-    """Σ w_j k_j over the nonzero weights, or ``None`` when every weight is zero."""
+    """Σ w_j k_j over the nonzero weights, or ``None`` when every weight is zero.
+
+    Used in the chapter "Neural ODEs and the forward pass".
+    """
     total = None
     for w, k in zip(weights, ks):
         if w == 0.0:
@@ -32,6 +35,8 @@ def add_step(y: torch.Tensor, h: Step, weights: Sequence[float], ks: Sequence[to
 
     With a float ``h`` each term is one fused ``add`` (``alpha = h w_j``): the fewest kernels.
     With a tensor ``h`` (a step that carries gradients to ``t``) the sum is formed first.
+
+    Used in the chapter "Neural ODEs and the forward pass".
     """
     if isinstance(h, torch.Tensor):
         direction = weighted_sum(weights, ks)
@@ -46,6 +51,8 @@ def nudge(t: torch.Tensor, toward) -> torch.Tensor:
     """``t`` moved to the next representable value in the direction of ``toward``.
 
     The gradient passes straight through (the shift is a constant of one unit in the last place).
+
+    Used in the chapter "Neural ODEs and the forward pass".
     """
     t_detached = t.detach()
     toward = torch.as_tensor(toward, dtype=t.dtype, device=t.device).detach()
@@ -78,6 +85,8 @@ def rk_step(
     **Returns:** ``(y_new, ks, error, nfe)``: the new state, the list of stage derivatives
     (for FSAL methods the last is ``func`` at the new state), the local error estimate
     (``None`` for fixed-step methods) and the number of evaluations of ``func`` made.
+
+    Introduced in the chapter "Neural ODEs and the forward pass".
     """
     nfe = 0
     after_start, before_end = perturb
@@ -117,6 +126,8 @@ def interpolate(
     ``"hermite"``: the cubic Hermite polynomial through the end states and their derivatives
     (third order, matching bosh3). ``"dopri5"``: Dormand–Prince's fourth-order continuous
     extension.
+
+    Used in the chapter "Neural ODEs and the forward pass".
     """
     f0, f1 = ks[0], ks[-1]
     dy = y1 - y0

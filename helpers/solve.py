@@ -49,6 +49,8 @@ def integrate(
       first evaluation and the initial step size.
 
     **Returns:** a tensor of shape ``(len(t), *y0.shape)``.
+
+    Used in the chapter "Neural ODEs and the forward pass".
     """
     if settings.per_sample_steps:
         from .per_sample import integrate_per_sample  # one step size per sample of a batch
@@ -155,6 +157,8 @@ def step_counts(times: List[float], step_size: float, eps: float) -> List[int]:
     whose spacing is ``eps``). A ratio within the rounding of the times of a whole number is that
     number: in float32 the interval from 0.1 to 0.2 is 0.10000000149..., and 0.05 cuts it into 2
     steps, not 3.
+
+    Used in the chapter "Neural ODEs and the forward pass".
     """
     counts = []
     for a, b in zip(times[:-1], times[1:]):

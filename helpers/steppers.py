@@ -18,8 +18,8 @@ The compiled functions are cached per method, tolerances and mode, so a training
 its first iteration and never again while shapes stay the same. Steps and times are passed as
 tensors, never as Python floats, because ``torch.compile`` would specialise on each float value.
 
-Introduced in the chapter "Training a neural ODE" (the compiled mode); the step itself in
-"Neural ODEs and the forward pass".
+Introduced in the chapter "Training a Neural ODE with the adjoint" (the compiled mode); the
+step itself in "Neural ODEs and the forward pass".
 """
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ def resolve_compile(compiled) -> Optional[str]:
 
     **Returns:** ``None`` for eager execution, otherwise the ``torch.compile`` mode
     (``True`` means ``"default"``).
+
+    Introduced in the chapter "Training a Neural ODE with the adjoint".
     """
     if compiled is None or compiled is False:
         return None
@@ -62,6 +64,8 @@ def error_ratio(error: torch.Tensor, y: torch.Tensor, y_new: torch.Tensor, rtol:
     (the adjoint's seminorm). ``norm``: a callable to use instead of the root-mean-square, applied
     to the scaled error ``error / (atol + rtol·max(|y|, |y_new|))`` (torchdiffeq's ``norm``
     option). Step control is not differentiated, so the inputs are detached.
+
+    Introduced in the chapter "Neural ODEs and the forward pass".
     """
     error, y, y_new = error.detach(), y.detach(), y_new.detach()
     if error_numel is not None:
@@ -92,6 +96,8 @@ class EagerStepper:
     seminorm's size, or ``None``) and `norm` (a callable error norm, or ``None`` for the RMS).
     Called with ``perturb=(after_start, before_end)`` it nudges stage times as
     :func:`helpers.runge_kutta.rk_step` describes.
+
+    Used in the chapter "Neural ODEs and the forward pass".
     """
 
     def __init__(self, func: Callable, tableau: ButcherTableau, rtol: float, atol: float,
@@ -114,6 +120,8 @@ def augmented_field(func: Callable, params: Sequence[torch.Tensor], shape: torch
     traces without a graph break. ``params`` are tensors that ``func`` uses (its parameters, or
     tensors it closes over); ``func`` is called with them substituted. ``names``: where ``params``
     live in ``func`` (found with :func:`parameter_names` if not given).
+
+    Used in the chapter "The problem".
     """
     n = shape.numel()
     named = parameter_names(func, params) if names is None else names
@@ -134,7 +142,10 @@ def augmented_field(func: Callable, params: Sequence[torch.Tensor], shape: torch
 
 
 def parameter_names(func, params) -> Optional[Tuple[str, ...]]:
-    """The names under which ``params`` live in ``func`` (an ``nn.Module``), or ``None`` if there are none."""
+    """The names under which ``params`` live in ``func`` (an ``nn.Module``), or ``None`` if there are none.
+
+    Used in the chapter "The problem".
+    """
     if not params:
         return None
     if not isinstance(func, torch.nn.Module):
@@ -171,6 +182,8 @@ def compile_options(mode: str, device_type: str = "cpu") -> dict:
       about 13% off a compiled rk4 step and 22% off the adjoint's backward step;
     - ``cpp.use_decompose_tanh``: tanh through exp and a division, because inductor's vectorised
       tanh is several times slower than that (60 µs against 23 µs on a 256×64 float32 tensor).
+
+    Introduced in the chapter "Training a Neural ODE with the adjoint".
     """
     from torch._inductor import list_mode_options  # here: importing inductor takes a while
 
@@ -225,6 +238,8 @@ class CompiledStepper:
     """A Runge–Kutta step compiled by ``torch.compile``; see :func:`compiled_stepper`.
 
     Fixed-step methods also get :meth:`chain`, ``chain_length`` steps in one compiled call.
+
+    Introduced in the chapter "Training a Neural ODE with the adjoint".
     """
 
     def __init__(self, fn: Callable, args: tuple, tableau: ButcherTableau, cuda_graphs: bool = False,
@@ -272,6 +287,8 @@ def compiled_stepper(func: Callable, tableau: ButcherTableau, rtol: float, atol:
       instead of ``z`` (see :func:`augmented_field`).
 
     **Returns:** a callable ``stepper(t, y, h, k1) -> (y_new, ks, ratio, nfe)``.
+
+    Introduced in the chapter "Training a Neural ODE with the adjoint".
     """
     chain = None if tableau.adaptive else CHAIN_LENGTH
     chain_fn = None

@@ -34,6 +34,8 @@ class ButcherTableau:
     - `dense`: which dense-output formula interpolates inside a step (``"hermite"`` or
       ``"dopri5"``); ``None`` for methods that step onto every output time instead (the
       fixed-step methods, and dopri8).
+
+    Introduced in the chapter "Neural ODEs and the forward pass".
     """
 
     name: str

@@ -28,6 +28,8 @@ class TupleFunc(nn.Module):
 
     If ``func`` is an ``nn.Module`` it becomes a submodule, so ``parameters()`` (the default
     ``adjoint_params`` of :func:`helpers.odeint_adjoint`) are its parameters.
+
+    Not shown in the book; it extends the chapter "Neural ODEs and the forward pass".
     """
 
     def __init__(self, func: Callable, shapes, dtype: torch.dtype):
@@ -82,6 +84,8 @@ def flatten_state(func: Callable, y0) -> Tuple[Callable, torch.Tensor, Optional[
     ``None``; for a tuple a :class:`TupleFunc`, the concatenated flat ``y0``, and a function that
     turns a flat solution of shape ``(len(t), n)`` into a tuple of tensors of shapes
     ``(len(t), *y0[i].shape)``.
+
+    Not shown in the book; it extends the chapter "Neural ODEs and the forward pass".
     """
     if not isinstance(y0, tuple):
         return func, y0, None
