@@ -161,6 +161,9 @@ def test_bad_func(odeint, method, func, exc, match):
     (dict(options=dict(max_num_steps=2.5)), ValueError, r"options\['max_num_steps'\] must be a positive integer"),
     (dict(options=dict(safety=1.5)), ValueError, r"options\['safety'\] must be below 1"),
     (dict(options=dict(min_factor=2.0)), ValueError, "min_factor < 1 < max_factor"),
+    # the boundary itself: a max_factor of exactly 1 could never grow a step, so it is refused too
+    (dict(options=dict(max_factor=1.0)), ValueError, "min_factor < 1 < max_factor"),
+    (dict(options=dict(min_factor=1.0)), ValueError, "min_factor < 1 < max_factor"),
     (dict(rtol=-1e-6), ValueError, "rtol must be a non-negative finite number"),
     (dict(atol=float("nan")), ValueError, "atol must be a non-negative finite number"),
     (dict(rtol="1e-6"), TypeError, "rtol must be a non-negative number"),
@@ -332,22 +335,23 @@ def test_second_order_gradient_through_adjoint_is_refused():
 
 
 def test_no_assertion_errors_anywhere():
-    """A sweep of bad calls: every one raises ValueError/TypeError, never AssertionError."""
+    """A sweep of bad calls: each raises its own ValueError/TypeError (never an AssertionError, which
+    pytest.raises below would not catch) with a message naming the argument."""
     bad_calls = [
-        lambda o: o(decay, y0_(), t_(1.0, 1.0)),
-        lambda o: o(decay, torch.tensor([1]), t_()),
-        lambda o: o(decay, y0_(), t_(), method="nope"),
-        lambda o: o(decay, y0_(), t_(), options=dict(step_sise=1)),
-        lambda o: o(lambda t, y: y[0], y0_(), t_()),
-        lambda o: o(decay, y0_(), t_(), options=dict(first_step=float("inf"))),
-        lambda o: o(decay, y0_(), t_(), rtol=None),
-        lambda o: o(decay, torch.empty(0, dtype=F64), t_(), method="nope"),
-        lambda o: o(decay, y0_(), t_().reshape(2, 1)),
-        lambda o: o(None, y0_(), t_()),
+        (lambda o: o(decay, y0_(), t_(1.0, 1.0)), ValueError, r"t must be strictly increasing or strictly decreasing"),
+        (lambda o: o(decay, torch.tensor([1]), t_()), TypeError, r"y0 must be a real floating-point tensor"),
+        (lambda o: o(decay, y0_(), t_(), method="nope"), ValueError, r"method='nope' is not a known method"),
+        (lambda o: o(decay, y0_(), t_(), options=dict(step_sise=1)), ValueError, r"options has unknown key\(s\) \['step_sise'\]"),
+        (lambda o: o(lambda t, y: y[0], y0_(), t_()), ValueError, r"func\(t, y\) returned shape \(\) but y0 has shape \(2,\)"),
+        (lambda o: o(decay, y0_(), t_(), options=dict(first_step=float("inf"))), ValueError,
+         r"options\['first_step'\] must be a positive finite number, got inf"),
+        (lambda o: o(decay, y0_(), t_(), rtol=None), TypeError, r"rtol must be a non-negative number, got None"),
+        (lambda o: o(decay, torch.empty(0, dtype=F64), t_(), method="nope"), ValueError, r"method='nope'|y0"),
+        (lambda o: o(decay, y0_(), t_().reshape(2, 1)), ValueError, r"t must be 1-D, got a tensor of shape \(2, 1\)"),
+        (lambda o: o(None, y0_(), t_()), TypeError, r"func must be callable"),
     ]
     for odeint in SOLVERS:
-        for call in bad_calls:
-            with pytest.raises((ValueError, TypeError)) as info:
+        for call, exc, match in bad_calls:
+            with pytest.raises(exc, match=match):
                 call(odeint)
-            assert not isinstance(info.value, AssertionError)
     next_call_works()
