@@ -106,6 +106,34 @@ def my_dldt(func, z0, t0, t1, loss_fn, steps):
     return dt0, dt1
 
 
+def linear_lambda(A, lam1, t, t1):
+    return lam1 @ torch.linalg.matrix_exp(A * (t1 - t))
+
+
+def variational_rhs(func, t, z, dz):
+    return torch.func.jvp(lambda x: func(t, x), (z,), (dz,))[1]
+
+
+def my_euler_grads(func, z0, t0, t1, loss_fn, steps, at_next=False):
+    h = (t1 - t0) / steps
+    params = [p for p in func.parameters() if p.requires_grad]
+    zs = [z0]
+    with torch.no_grad():
+        for n in range(steps):
+            zs.append(zs[-1] + h * func(torch.tensor(t0 + n * h, dtype=torch.float64), zs[-1]))
+    z1 = zs[-1].clone().requires_grad_(True)
+    (lam,) = torch.autograd.grad(loss_fn(z1), z1)
+    grads = [torch.zeros_like(p) for p in params]
+    for n in reversed(range(steps)):
+        m = n + 1 if at_next else n  # at_next: the continuous adjoint's Euler step
+        z = zs[m].clone().requires_grad_(True)
+        out = func(torch.tensor(t0 + m * h, dtype=torch.float64), z)
+        vz, *vth = torch.autograd.grad(out, [z, *params], grad_outputs=h * lam)
+        grads = [g + v for g, v in zip(grads, vth)]
+        lam = lam + vz
+    return lam, tuple(grads)
+
+
 REFERENCE = {
     "ch3-ex-ibp-terms": ibp_terms,
     "ch3-ex-encoder": "b",
@@ -120,6 +148,9 @@ REFERENCE = {
     "ch9-q-sign": "b",
     "ch2-q-memory": "b",
     "ch10-q-exact": "b",
+    "ch8-ex-linear-lambda": linear_lambda,
+    "ch8-ex-variational": variational_rhs,
+    "ch10-ex-my-euler": my_euler_grads,
 }
 
 
@@ -236,6 +267,33 @@ def _dldt_wrong_end(func, z0, t0, t1, loss_fn, steps):  # λ(t1) f(t1) used for 
     return -dt1, dt1
 
 
+def _linear_transposed(A, lam1, t, t1):  # e^{A(t1 - t)} λᵀ: the column form with A, not Aᵀ
+    return torch.linalg.matrix_exp(A * (t1 - t)) @ lam1
+
+
+def _linear_sign(A, lam1, t, t1):  # e^{A(t - t1)}: the exponent's sign flipped
+    return lam1 @ torch.linalg.matrix_exp(A * (t - t1))
+
+
+def _variational_vjp(func, t, z, dz):  # δz ∂f/∂z (a VJP) instead of (∂f/∂z) δz
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        return torch.autograd.grad(func(t, z), z, grad_outputs=dz)[0]
+
+
+def _variational_minus(func, t, z, dz):  # -J δz: the adjoint's sign carried over
+    return -variational_rhs(func, t, z, dz)
+
+
+def _euler_at_next(func, z0, t0, t1, loss_fn, steps):  # the continuous adjoint's Euler step
+    return my_euler_grads(func, z0, t0, t1, loss_fn, steps, at_next=True)
+
+
+def _euler_theta_unscaled(func, z0, t0, t1, loss_fn, steps):  # the factor h missing in dL/dθ
+    lam, grads = my_euler_grads(func, z0, t0, t1, loss_fn, steps)
+    return lam, tuple(g * steps / (t1 - t0) for g in grads)
+
+
 WRONG = [
     ("ch3-ex-ibp-terms", _flip_boundary, "boundary term"),
     ("ch3-ex-ibp-terms", _lam_not_lam_dot, "integral"),
@@ -262,6 +320,13 @@ WRONG = [
     ("ch9-q-sign", "a", "option (a)"),
     ("ch2-q-memory", "a", "option (a)"),
     ("ch10-q-exact", "c", "option (c)"),
+    ("ch10-q-exact", "a", "option (a)"),
+    ("ch8-ex-linear-lambda", _linear_transposed, "λ(t)"),
+    ("ch8-ex-linear-lambda", _linear_sign, "λ(t)"),
+    ("ch8-ex-variational", _variational_vjp, "(∂f/∂z) δz"),
+    ("ch8-ex-variational", _variational_minus, "(∂f/∂z) δz"),
+    ("ch10-ex-my-euler", _euler_at_next, "dL/dz0"),
+    ("ch10-ex-my-euler", _euler_theta_unscaled, "dL/dθ"),
 ]
 
 

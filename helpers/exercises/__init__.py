@@ -37,7 +37,7 @@ answered offline; their answers are stored as digests, not in clear.
   to ``tests/test_exercises.py``.
 
 Conceptual questions for chapters whose cells are still to be written: ``ch2-q-memory``
-(``ch02.py``) and ``ch10-q-exact`` (``ch10.py``).
+(``ch02.py``).
 
 The reader's own adjoint runs through chapters 5 (``ch5-ex-my-vjp``), 6 (``ch6-ex-my-dynamics``,
 ``ch6-ex-my-adjoint``) and 9 (``ch9-ex-my-dldt0``), each checked against
@@ -47,7 +47,7 @@ Introduced in the chapter "The Lagrangian" (chapter 3); used from chapter 3 on.
 """
 from __future__ import annotations
 
-from . import ch02, ch03, ch04, ch05, ch06, ch09, ch10  # noqa: F401  (each registers its exercises)
+from . import ch02, ch03, ch04, ch05, ch06, ch08, ch09, ch10  # noqa: F401  (each registers its exercises)
 from ._core import REGISTRY, STATUSES, CheckResult, run_check, wrap
 
 __all__ = ["check", "hint", "labels", "CheckResult", "STATUSES"]
