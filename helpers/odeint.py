@@ -137,20 +137,35 @@ def odeint(
       initial time; a single time returns ``y0``. ``t`` is cast to ``y0``'s dtype (``func``
       sees times in that dtype; the gradient with respect to ``t`` keeps ``t``'s dtype).
     - `rtol`, `atol`: relative and absolute tolerances of the adaptive methods.
-    - `method`: ``"dopri5"`` (default), ``"bosh3"`` (adaptive); ``"euler"``, ``"midpoint"``,
-      ``"rk4"`` (fixed step). torchdiffeq's Adams and SciPy methods are not provided.
+    - `method`: ``"dopri5"`` (default), ``"bosh3"``, ``"adaptive_heun"``, ``"fehlberg2"``,
+      ``"dopri8"`` (adaptive); ``"euler"``, ``"midpoint"``, ``"rk4"`` (the classical one;
+      torchdiffeq's rk4 is the 3/8 rule), ``"heun2"``, ``"heun3"`` (fixed step). dopri8 has
+      no dense output: its steps end on every requested time. torchdiffeq's Adams and SciPy
+      methods are not provided.
     - `options`: for fixed-step methods ``step_size`` (the largest step; each interval between
       requested times is cut into equal steps no longer than it, counted exactly (a length
       within rounding of a whole number of steps takes that number), one step per interval if
       omitted; torchdiffeq instead lays one grid ``t0 + k·step_size`` over the whole span and
       interpolates linearly at requested times off it, so the two agree to rounding when
-      every requested time lies on that grid) and ``max_num_steps``; for adaptive methods
-      ``first_step``, ``max_num_steps``
-      (default 10000), ``safety``, ``min_factor``, ``max_factor``, and ``per_sample_steps``
+      every requested time lies on that grid), ``grid_constructor`` (instead of ``step_size``:
+      ``grid_constructor(func, y0, t)`` returns the step grid from ``t[0]`` to ``t[-1]``; the
+      steps run between its points and the requested times together), ``perturb`` (``True``:
+      each step's first stage is evaluated just after its start and its stages at its end just
+      before it, so a ``func`` that jumps at a step boundary is seen from inside the step) and
+      ``max_num_steps``; for adaptive methods ``first_step``, ``max_num_steps`` (default
+      10000), ``safety``, ``min_factor``, ``max_factor``, ``min_step`` and ``max_step`` (a step
+      of ``min_step`` is accepted whatever its error), ``norm`` (a callable applied to the
+      scaled error ``error / (atol + rtol·max(|y0|, |y1|))`` in place of the RMS), ``step_t``
+      (times a step must end on; ``grid_points`` is accepted as its old name) and ``jump_t``
+      (the same, for times where ``func`` jumps: stages there see ``func`` from before the
+      jump, the next step from after it), and ``per_sample_steps``
       (``True``: each row of ``y0``, a batch of independent problems along dim 0, takes its own
       step sizes, so one stiff row no longer slows the rest; ``func`` then gets a 1-D ``t``
       with one time per row it is called on, and the rows must not interact). Unknown keys
-      are an error.
+      are an error. If ``func`` has torchdiffeq's callbacks ``callback_step``,
+      ``callback_accept_step`` or ``callback_reject_step`` (methods taking ``t0, y0, dt``),
+      they are called before each step, after each accepted step (every fixed step) and after
+      each rejected one.
     - `stats`: a :class:`helpers.SolveStats` to fill in; :func:`helpers.last_stats` returns it too.
     - `compiled`: ``True`` (or a ``torch.compile`` mode such as ``"reduce-overhead"``) runs each
       step (all stages, the error estimate and the update) as one ``torch.compile`` graph; the
