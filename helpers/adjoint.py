@@ -30,7 +30,7 @@ from .per_sample import backward_interval_per_sample, check_per_sample
 from .solve import integrate
 from .stats import SolveStats, StepCounter, _set_last
 from .steppers import resolve_compile
-from .tuple_state import flatten_state
+from .tuple_state import flatten_state, tuple_options
 
 
 class AugmentedDynamics:
@@ -360,6 +360,7 @@ def odeint_adjoint(
     t = check_inputs(func, y0, t)
     refuse_not_provided(method)
     refuse_not_provided(adjoint_method, "adjoint_method")
+    options = tuple_options(options, func)
     settings = make_settings(method, rtol, atol, options)
     if adjoint_method is None:
         adjoint_method = settings.tableau.name

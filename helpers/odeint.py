@@ -13,7 +13,7 @@ from .per_sample import check_per_sample
 from .steppers import compiled_stepper, resolve_compile
 from .solve import integrate
 from .stats import SolveStats, StepCounter, _set_last
-from .tuple_state import flatten_state
+from .tuple_state import flatten_state, tuple_options
 
 
 def check_inputs(func, y0, t) -> torch.Tensor:
@@ -188,6 +188,7 @@ def odeint(
     func, y0, unflatten = flatten_state(func, y0)
     t = check_inputs(func, y0, t)
     refuse_not_provided(method)
+    options = tuple_options(options, func)
     settings = make_settings(method, rtol, atol, options)
     refuse_tuple_per_sample(unflatten, settings, "options")
     check_per_sample(y0, settings, "options")

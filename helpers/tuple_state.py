@@ -72,6 +72,20 @@ class TupleFunc(nn.Module):
                 raise ValueError(f"func(t, y)[{i}] is on {o.device} but y0 is on {device}")
 
 
+def tuple_options(options, func):
+    """``options`` with a callable ``norm`` made to receive the error as a tuple, as torchdiffeq
+    hands it over for a tuple state; anything else unchanged.
+
+    **Arguments:** `options` as the user gave them; `func` as :func:`flatten_state` returned it.
+
+    **Returns:** the options to check and use.
+    """
+    if isinstance(func, TupleFunc) and isinstance(options, dict) and callable(options.get("norm")):
+        user_norm = options["norm"]
+        return {**options, "norm": lambda error: user_norm(func.split(error.reshape(-1)))}
+    return options
+
+
 def flatten_state(func: Callable, y0) -> Tuple[Callable, torch.Tensor, Optional[Callable]]:
     """Turn a tuple state into one tensor; leave a tensor state alone.
 

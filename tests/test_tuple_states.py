@@ -167,3 +167,25 @@ def test_per_sample_steps_refused_for_tuples():
     with pytest.raises(ValueError, match=r"per_sample_steps'\] needs y0 to be one tensor"):
         helpers.odeint(lambda t, s: s, (torch.ones(3, 2), torch.ones(3, 1)), torch.tensor([0.0, 1.0]),
                        options=dict(per_sample_steps=True))
+
+
+@pytest.mark.parametrize("mode", sorted(SOLVERS))
+def test_callable_norm_receives_a_tuple(mode):
+    """options['norm'] sees the scaled error as a tuple shaped like y0, as in torchdiffeq."""
+    seen = set()
+
+    def tuple_norm(error):
+        seen.add(tuple(tuple(e.shape) for e in error))
+        return (sum(e.pow(2).sum() for e in error) / 3).sqrt()
+
+    def flat_norm(error):
+        return (error.pow(2).sum() / 3).sqrt()
+
+    y0 = (torch.tensor(1.0, dtype=F64), torch.ones(2, dtype=F64))
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    a, b = SOLVERS[mode](lambda s, x: (x[0], -x[1]), y0, t, options=dict(norm=tuple_norm))
+    assert seen == {((), (2,))}
+    ys = SOLVERS[mode](lambda s, x: torch.cat([x[:1], -x[1:]]), torch.ones(3, dtype=F64), t,
+                       options=dict(norm=flat_norm))
+    assert abs(a[-1].item() - ys[-1, 0].item()) < 1e-12
+    assert (b[-1] - ys[-1, 1:]).abs().max().item() < 1e-12
