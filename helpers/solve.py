@@ -64,7 +64,8 @@ def integrate(
         eager_only = [name for name, given in (("norm", norm is not None), ("perturb", settings.perturb),
                                                ("jump_t", bool(settings.jump_t))) if given]
         if eager_only:
-            raise ValueError(f"compiled=True does not support options {eager_only} (yet); use compiled=False")
+            raise ValueError(f"options {eager_only} need the default eager stepper: compiled=True and event_fn "
+                             "do not support them (yet)")
         if check_first and not settings.tableau.adaptive:
             # the first evaluation happens inside the stepper: check it there, eagerly, once
             _check_output(func(t[0], y0), y0, t[0])

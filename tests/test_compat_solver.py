@@ -353,5 +353,5 @@ def test_unsupported_combinations_are_errors():
         helpers.odeint(spiral, y0[0], t, method="rk4", options=dict(jump_t=[0.5]))
     with pytest.raises(ValueError, match="per_sample_steps"):
         helpers.odeint(lambda s, y: -y, y0, t, options=dict(per_sample_steps=True, jump_t=[0.5]))
-    with pytest.raises(ValueError, match="compiled=True does not support"):
+    with pytest.raises(ValueError, match="compiled=True and event_fn do not support"):
         helpers.odeint(lambda s, y: -y, y0, t, options=dict(norm=lambda x: x.abs().max()), compiled=True)
