@@ -79,6 +79,8 @@ def tuple_options(options, func):
     **Arguments:** `options` as the user gave them; `func` as :func:`flatten_state` returned it.
 
     **Returns:** the options to check and use.
+
+    Not shown in the book; it extends the chapter "Neural ODEs and the forward pass".
     """
     if isinstance(func, TupleFunc) and isinstance(options, dict) and callable(options.get("norm")):
         user_norm = options["norm"]
