@@ -4,16 +4,30 @@
   case is skipped (reason "CUDA is not available") only when ``torch.cuda.is_available()`` is
   False.
 - ``float64``: makes float64 the default dtype for the test that asks for it.
+- Under CI (the environment variable ``CI`` set), a missing torchdiffeq fails the run instead of
+  skipping the tests that compare with it.
 - An autouse fixture gives every test the same random numbers (seed 0) and restores torch's
   global state afterwards (default dtype, grad mode, the RNG), so no test leaks state into
   the next.
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
+
+if os.environ.get("CI"):
+    # torchdiffeq is a pinned test dependency (requirements.txt); the modules that compare with it
+    # skip where it is missing, which under CI would hide their coverage: there it fails the run
+    try:
+        import torchdiffeq  # noqa: F401
+    except ModuleNotFoundError as error:
+        raise pytest.UsageError(
+            "CI is set but torchdiffeq, a test dependency pinned in requirements.txt, is not installed; "
+            "install requirements.txt (./run test does)") from error
 
 DEVICES = [
     pytest.param("cpu", id="cpu"),
