@@ -143,3 +143,23 @@ def self_checking_exercises(nb) -> list:
     return [label for label in dict.fromkeys(called)
             if re.search(rf'assert ex\.check\("{re.escape(label)}", .*\)\.status == "right"',
                          solutions.get(label, ""))]
+
+
+# characters of the code font that fit the text column at a 1280-px window (helpers.display.COLUMN)
+CODE_COLUMN = 68
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_fits_the_column(path):
+    """Every line of every code cell the book shows fits the code column (the hidden setup cell aside)."""
+    from helpers.display import COLUMN
+
+    assert COLUMN == CODE_COLUMN
+    long = []
+    for i, cell in enumerate(load(path)["cells"]):
+        if cell["cell_type"] != "code" or "remove-cell" in cell["metadata"].get("tags", []):
+            continue
+        for n, line in enumerate("".join(cell["source"]).splitlines(), 1):
+            if len(line) > CODE_COLUMN:
+                long.append(f"cell {i} line {n} ({len(line)} characters): {line.strip()[:50]}")
+    assert not long, f"{path.name}: {len(long)} code lines wider than {CODE_COLUMN}:\n" + "\n".join(long)
