@@ -17,7 +17,9 @@ DEFAULT_MAX_NUM_STEPS = 10_000  # adaptive methods; fixed-step methods take exac
 
 FIXED_OPTIONS = ("step_size", "max_num_steps", "grid_constructor", "perturb")
 ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "safety", "min_factor", "max_factor", "per_sample_steps",
-                    "min_step", "max_step", "norm", "step_t", "jump_t", "grid_points")
+                    "min_step", "max_step", "norm", "step_t", "jump_t", "grid_points", "ifactor", "dfactor")
+# torchdiffeq's names for the step-size factor bounds
+_FACTOR_ALIASES = {"ifactor": "max_factor", "dfactor": "min_factor"}
 ADJOINT_ONLY_OPTIONS = ("norm", "checkpoints")
 NORMS = ("seminorm", "full")
 # options that only the shared-step loops of helpers.solve implement
@@ -154,6 +156,11 @@ def make_settings(method, rtol, atol, options, *, argument_prefix: str = "", adj
     for key in ("safety", "min_factor", "max_factor"):
         if key in options:
             kwargs[key] = _positive_float(options[key], f"{p}options[{key!r}]")
+    for alias, key in _FACTOR_ALIASES.items():
+        if alias in options:
+            if key in options:
+                raise ValueError(f"{p}options: {alias!r} is torchdiffeq's name for {key!r}; give one of them")
+            kwargs[key] = _positive_float(options[alias], f"{p}options[{alias!r}]")
     if kwargs.get("safety", 0.9) >= 1:
         raise ValueError(f"{p}options['safety'] must be below 1, got {kwargs['safety']}")
     if kwargs.get("min_factor", 0.2) >= 1 or kwargs.get("max_factor", 10.0) <= 1:

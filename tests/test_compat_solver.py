@@ -355,3 +355,18 @@ def test_unsupported_combinations_are_errors():
         helpers.odeint(lambda s, y: -y, y0, t, options=dict(per_sample_steps=True, jump_t=[0.5]))
     with pytest.raises(ValueError, match="compiled=True and event_fn do not support"):
         helpers.odeint(lambda s, y: -y, y0, t, options=dict(norm=lambda x: x.abs().max()), compiled=True)
+
+
+def test_torchdiffeq_factor_names():
+    """ifactor and dfactor are torchdiffeq's names for max_factor and min_factor."""
+    y0 = torch.tensor(Y0, dtype=F64)
+    t = torch.tensor([0.0, 3.0], dtype=F64)
+    a, b = helpers.SolveStats(), helpers.SolveStats()
+    ys_a = helpers.odeint(spiral, y0, t, options=dict(ifactor=2.0, dfactor=0.5), stats=a)
+    ys_b = helpers.odeint(spiral, y0, t, options=dict(max_factor=2.0, min_factor=0.5), stats=b)
+    assert torch.equal(ys_a, ys_b) and a.nfe_forward == b.nfe_forward
+    c = helpers.SolveStats()
+    helpers.odeint(spiral, y0, t, stats=c)
+    assert c.nfe_forward != a.nfe_forward
+    with pytest.raises(ValueError, match="torchdiffeq's name"):
+        helpers.odeint(spiral, y0, t, options=dict(ifactor=2.0, max_factor=3.0))
