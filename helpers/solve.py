@@ -6,7 +6,13 @@ autograd graph, so backpropagating through them gives gradients with respect to 
 
 Host–device synchronisation: the fixed-step loop never waits on the device inside the loop (one
 finiteness check at the end); the adaptive loop reads one number per step, the error ratio that
-decides whether the step is accepted.
+decides whether the step is accepted. Both check the first evaluation of ``func`` once. Only
+when something has gone wrong (a non-finite error ratio, a non-finite fixed-step result) do they
+synchronise more, to say whether ``func`` itself returned nan or inf at a finite state.
+
+The options of torchdiffeq (``min_step``, ``max_step``, a callable ``norm``, ``step_t``,
+``jump_t``, ``grid_constructor``, ``perturb``) and its step callbacks on ``func`` are handled
+here; see :func:`helpers.odeint` for what each does.
 
 Introduced in the chapter "Neural ODEs and the forward pass".
 """
