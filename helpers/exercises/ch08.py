@@ -2,9 +2,9 @@
 system in closed form, and the right-hand side of the variational equation whose pairing with
 λ is conserved.
 
-- ``ch8-ex-linear-lambda``: ``linear_lambda(A, lam1, t, t1)`` returns λ(t) for ż = Az with
+- ``ch8-ex-linear-lambda``: ``lam_at(A, lam1, t, t1)`` returns λ(t) for ż = Az with
   λ(t1) = ``lam1``, checked against autograd through :func:`helpers.odeint`;
-- ``ch8-ex-variational``: ``variational_rhs(func, t, z, dz)`` returns (∂f/∂z) δz, checked
+- ``ch8-ex-variational``: ``var_rhs(func, t, z, dz)`` returns (∂f/∂z) δz, checked
   against the Jacobian built by ``torch.func.jacrev``, then used to solve the variational
   equation, whose pairing with λ must be the same at t1 as at t0.
 """
@@ -93,7 +93,7 @@ def _variational(answer):
         with torch.no_grad():
             J = jacrev(lambda x: func(t, x))(z0)
         got = call(answer, func, t.clone(), z0.clone(), dz0.clone(), where=where,
-                   name="variational_rhs")
+                   name="var_rhs")
         worst = max(worst, compare(
             "(∂f/∂z) δz", got, J @ dz0, where=where, tol=1e-9, vector=True,
             look_at="the Jacobian acts on the column δz from the left (a JVP), with no minus "
@@ -112,7 +112,7 @@ def _variational(answer):
         except Wrong:
             raise
         except Exception as exc:
-            raise Wrong("variational_rhs inside a solve", f"failed: {type(exc).__name__}: "
+            raise Wrong("var_rhs inside a solve", f"failed: {type(exc).__name__}: "
                         f"{str(exc)[:100]}", where,
                         "it must take t as a 0-d tensor and return a tensor shaped like z.") \
                 from None

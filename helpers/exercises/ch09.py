@@ -1,7 +1,7 @@
 """Self-checking exercises of the chapter on time gradients: the last step of the reader's own
 adjoint, and the sign of dL/dt0.
 
-The chapter's cells are still to be written; the checkers and their tests are ready:
+Both are exercises of the chapter:
 
 - ``ch9-ex-my-dldt0``: ``my_dLdt(func, z0, t0, t1, loss_fn, steps)`` returns
   ``(dL_dt0, dL_dt1)``, the gradients with respect to the two ends of the solve, from the

@@ -2,7 +2,7 @@
 exact, and the reader's discrete adjoint of explicit Euler.
 
 - ``ch10-q-exact``: multiple choice;
-- ``ch10-ex-my-euler``: ``my_euler_grads(func, z0, t0, t1, loss_fn, steps)`` returns
+- ``ch10-ex-my-euler``: ``my_euler(func, z0, t0, t1, loss_fn, steps)`` returns
   ``(dL_dz0, dL_dtheta)`` for the loss computed by ``steps`` explicit Euler steps, by a
   hand-written discrete adjoint, checked against backpropagation through
   ``helpers.odeint(..., method="euler")``.
