@@ -95,11 +95,40 @@ def drop_duplicate_scripts(app, pagename, templatename, context, doctree):
 
 
 def kernels_over_ipc() -> None:
-    """Make jupyter_client start kernels on IPC transport unless configured otherwise."""
+    """Make jupyter_client start kernels on IPC transport unless configured otherwise.
+
+    jupyter_client names the IPC sockets ``kernel-ipc-<n>`` relative to the current directory
+    when it picks them before the connection file exists, which it does; myst-nb starts each
+    kernel in its notebook's folder, not the build's, so kernel and client would look for the
+    sockets in different places. The sockets are therefore placed by absolute path in Jupyter's
+    runtime directory (private to the user), under a name unique to the kernel manager.
+    """
     if os.name != "posix":
         return
     from jupyter_client.connect import ConnectionFileMixin
+    from jupyter_core.paths import jupyter_runtime_dir
 
+    original = ConnectionFileMixin._ip_default
+
+    def ip_default(self) -> str:
+        if self.transport != "ipc":
+            return original(self)
+        if self.connection_file:
+            stem = os.path.splitext(os.path.basename(self.connection_file))[0]
+        else:
+            stem = f"kernel-{os.getpid()}-{id(self):x}"
+        runtime = jupyter_runtime_dir()
+        os.makedirs(runtime, mode=0o700, exist_ok=True)
+        return os.path.join(runtime, f"{stem}-ipc")
+
+    ConnectionFileMixin._ip_default = ip_default
+    classes = [ConnectionFileMixin]
+    while classes:  # traitlets caches each class's default generators when it is created
+        cls = classes.pop()
+        generators = cls.__dict__.get("_all_trait_default_generators")
+        if generators is not None and "ip" in generators:
+            generators["ip"] = ip_default
+        classes.extend(cls.__subclasses__())
     ConnectionFileMixin.class_traits()["transport"].default_value = "ipc"
 
 
