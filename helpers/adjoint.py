@@ -206,6 +206,10 @@ def _adjoint_params(func, adjoint_params, y0) -> tuple:
     return params
 
 
+# the forward options the backward solve inherits when it uses the forward method
+_INHERITED = ("step_size", "max_num_steps", "per_sample_steps", "perturb", "grid_constructor", "interp")
+
+
 class UntrackedGradientGuard:
     """Refuses a ``func`` whose output depends on a grad-requiring tensor the adjoint was not given.
 
@@ -244,6 +248,7 @@ class UntrackedGradientGuard:
                     raise ValueError(self.message(leaf))
                 out = out.detach()
             return out
+        watched.user_func = func  # where the step callbacks are looked up
         return watched
 
     def untracked_leaf(self, out: torch.Tensor) -> Optional[torch.Tensor]:
@@ -335,7 +340,8 @@ def odeint_adjoint(
     - `adjoint_options`: the backward solve's options. The same keys as ``options`` plus
       ``norm``: ``"seminorm"`` (default for adaptive methods) leaves the parameter-gradient
       channel out of the step-acceptance norm, ``"full"`` keeps it. When the backward method
-      is the forward one, ``step_size`` and ``max_num_steps`` default to the forward values.
+      is the forward one, ``step_size``, ``max_num_steps``, ``perturb``, ``grid_constructor``
+      and ``interp`` default to the forward values.
       ``checkpoints``: a number of equally spaced interior times at which the forward pass also
       stores the state (default 0); the backward solve re-anchors ``z`` there, which keeps the
       backward reconstruction of ``z`` accurate on dissipative systems, at the cost of storing
@@ -369,7 +375,7 @@ def odeint_adjoint(
         raise TypeError(f"adjoint_options must be a dict or None, got {type(adjoint_options).__name__}")
     if adjoint_method == settings.tableau.name and options:
         # the same method backward: inherit the forward step settings unless overridden
-        inherited = {k: v for k, v in options.items() if k in ("step_size", "max_num_steps", "per_sample_steps")}
+        inherited = {k: v for k, v in options.items() if k in _INHERITED}
         adjoint_options = {**inherited, **adjoint_options}
     adjoint_settings = make_settings(
         adjoint_method,

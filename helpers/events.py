@@ -68,10 +68,16 @@ def _crossed(event_fn, t, y, sign0) -> bool:
         return bool((event_fn(t, y).reshape(-1) * sign0 <= 0).any())
 
 
-def _dense(tableau, func, t, h, y, y_new, ks, counter):
-    """The state inside the bracketing step as a function of the fraction θ of the step."""
+def _dense(tableau, func, t, h, y, y_new, ks, counter, interp="cubic"):
+    """The state inside the bracketing step as a function of the fraction θ of the step.
+
+    ``interp``: for methods without a continuous extension, ``"cubic"`` (Hermite, from the
+    derivatives at both ends) or ``"linear"`` (the chord), as ``options['interp']`` says.
+    """
     if tableau.dense is not None:
         return lambda theta: interpolate(tableau, y, y_new, ks, h, theta)
+    if interp == "linear":
+        return lambda theta: y + theta * (y_new - y)
     # no continuous extension of its own (fixed-step methods): a cubic Hermite polynomial
     f0, f1 = ks[0], func(t + h, y_new)
     counter.nfe += 1
@@ -148,7 +154,8 @@ def solve_until_event(func, y0, t, event_fn, settings, counter: StepCounter, int
         counter.nfe += found.nfe
         counter.accepted += 1
         g = _combined(event_fn, sign0)
-        state_at = _dense(tableau, func, found.t, found.h, found.y, found.y_new, found.ks, counter)
+        state_at = _dense(tableau, func, found.t, found.h, found.y, found.y_new, found.ks, counter,
+                          settings.interp)
         theta = _bisect(g, found.t, found.h, state_at, torch.finfo(t.dtype).eps)
         return found.t + theta * found.h, state_at(theta), sign0
     except SolveError as error:

@@ -151,7 +151,10 @@ def odeint(
       ``grid_constructor(func, y0, t)`` returns the step grid from ``t[0]`` to ``t[-1]``; the
       steps run between its points and the requested times together), ``perturb`` (``True``:
       each step's first stage is evaluated just after its start and its stages at its end just
-      before it, so a ``func`` that jumps at a step boundary is seen from inside the step) and
+      before it, so a ``func`` that jumps at a step boundary is seen from inside the step),
+      ``interp`` (``"cubic"``, the default, or ``"linear"``: how the state inside a step is
+      interpolated to locate an event of ``event_fn``; torchdiffeq's default is ``"linear"``;
+      helpers steps onto every requested time, so no output is interpolated) and
       ``max_num_steps``; for adaptive methods ``first_step``, ``max_num_steps`` (default
       10000), ``safety``, ``min_factor``, ``max_factor``, ``min_step`` and ``max_step`` (a step
       of ``min_step`` is accepted whatever its error), ``norm`` (a callable applied to the
@@ -164,8 +167,10 @@ def odeint(
       with one time per row it is called on, and the rows must not interact). Unknown keys
       are an error. If ``func`` has torchdiffeq's callbacks ``callback_step``,
       ``callback_accept_step`` or ``callback_reject_step`` (methods taking ``t0, y0, dt``),
-      they are called before each step, after each accepted step (every fixed step) and after
-      each rejected one.
+      they are called before each step, after each accepted step and after each rejected one; a
+      fixed-step method accepts every step and calls only ``callback_step`` (it warns when
+      ``func`` has the other two). In :func:`helpers.odeint_adjoint`'s backward solve the
+      same with ``callback_step_adjoint`` etc., on the augmented state.
     - `stats`: a :class:`helpers.SolveStats` to fill in; :func:`helpers.last_stats` returns it too.
     - `compiled`: ``True`` (or a ``torch.compile`` mode such as ``"reduce-overhead"``) runs each
       step (all stages, the error estimate and the update) as one ``torch.compile`` graph; the

@@ -15,7 +15,9 @@ from .tableaus import METHODS, ButcherTableau
 DEFAULT_METHOD = "dopri5"
 DEFAULT_MAX_NUM_STEPS = 10_000  # adaptive methods; fixed-step methods take exactly the steps asked for
 
-FIXED_OPTIONS = ("step_size", "max_num_steps", "grid_constructor", "perturb")
+FIXED_OPTIONS = ("step_size", "max_num_steps", "grid_constructor", "perturb", "interp")
+# how a fixed-step method's state is interpolated inside a step (for locating an event)
+INTERPS = ("cubic", "linear")
 ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "safety", "min_factor", "max_factor", "per_sample_steps",
                     "min_step", "max_step", "norm", "step_t", "jump_t", "grid_points", "ifactor", "dfactor")
 # torchdiffeq's names for the step-size factor bounds
@@ -51,6 +53,7 @@ class SolverSettings:
     jump_t: Tuple[float, ...] = ()
     grid_constructor: Optional[Callable] = None
     perturb: bool = False
+    interp: str = "cubic"
 
 
 def resolve_method(method, argument: str = "method") -> ButcherTableau:
@@ -203,6 +206,10 @@ def make_settings(method, rtol, atol, options, *, argument_prefix: str = "", adj
         if not isinstance(options["perturb"], bool):
             raise TypeError(f"{p}options['perturb'] must be True or False, got {options['perturb']!r}")
         kwargs["perturb"] = options["perturb"]
+    if "interp" in options:
+        if options["interp"] not in INTERPS:
+            raise ValueError(f"{p}options['interp'] must be one of {list(INTERPS)}, got {options['interp']!r}")
+        kwargs["interp"] = options["interp"]
     if "checkpoints" in options:
         k = options["checkpoints"]
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:

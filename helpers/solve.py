@@ -19,6 +19,7 @@ Introduced in the chapter "Neural ODEs and the forward pass".
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, List, Optional
 
 import torch
@@ -28,6 +29,7 @@ from .options import SolverSettings
 from .runge_kutta import add_step, interpolate, nudge
 from .stats import StepCounter
 from .steppers import EagerStepper
+from .tuple_state import TupleFunc
 
 
 def integrate(
@@ -62,6 +64,8 @@ def integrate(
         from .per_sample import integrate_per_sample  # one step size per sample of a batch
         return integrate_per_sample(func, y0, t, settings, counter, check_first=check_first)
     callbacks = _callbacks(func)
+    if callbacks and not settings.tableau.adaptive:
+        callbacks = _fixed_step_callbacks(callbacks, "_adjoint" if _is_backward(func) else "")
     norm = settings.norm if callable(settings.norm) else None
     wrapped = _checked(func, y0) if check_first else func
     if stepper is None:
@@ -90,17 +94,36 @@ def _callbacks(func: Callable) -> dict:
     """torchdiffeq's step callbacks that ``func`` defines, each called as ``callback(t0, y0, dt)``.
 
     ``callback_step`` before every step attempt, ``callback_accept_step`` after a step is
-    accepted (every step of a fixed-step method), ``callback_reject_step`` after a rejection.
-    The adjoint variants (``callback_step_adjoint``...) are refused rather than ignored.
+    accepted and ``callback_reject_step`` after a rejection (adaptive methods only).
+    In the backward solve of :func:`helpers.odeint_adjoint` the adjoint variants
+    (``callback_step_adjoint``...) are called instead, with the augmented state ``[z, λ, a_θ]``.
     """
-    inner = getattr(func, "func", None)
-    if inner is not None and hasattr(func, "split"):  # the adjoint's backward dynamics
-        adjoint = [name + "_adjoint" for name in CALLBACKS if callable(getattr(inner, name + "_adjoint", None))]
-        if adjoint:
-            raise ValueError(f"odeint_adjoint does not call {adjoint} during the backward solve; "
-                             "remove them from func (the forward callbacks are called)")
-        return {}
-    return {name: getattr(func, name) for name in CALLBACKS if callable(getattr(func, name, None))}
+    suffix = ""
+    if _is_backward(func):  # the adjoint's backward dynamics
+        func, suffix = func.func, "_adjoint"
+    owner = getattr(func, "user_func", func)  # a func watched by the adjoint's gradient guard
+    if isinstance(owner, TupleFunc):  # a tuple-state wrapper around the user's func
+        owner = owner.base
+    return {name: getattr(owner, name + suffix) for name in CALLBACKS
+            if callable(getattr(owner, name + suffix, None))}
+
+
+def _is_backward(func: Callable) -> bool:
+    return getattr(func, "func", None) is not None and hasattr(func, "split")
+
+
+def _fixed_step_callbacks(callbacks: dict, suffix: str = "") -> dict:
+    """A fixed-step method accepts every step: warn about the callbacks that are never called.
+
+    As torchdiffeq: ``callback_accept_step`` and ``callback_reject_step`` are not called by
+    fixed-step methods (``callback_step`` is, before each step).
+    """
+    unused = [name for name in CALLBACKS[1:] if name in callbacks]
+    if unused:
+        warnings.warn(f"func has {[name + suffix for name in unused]}, which a fixed-step method never "
+                      "calls: it accepts every step; use callback_step" + suffix + ", called before each step",
+                      UserWarning, stacklevel=4)
+    return {name: c for name, c in callbacks.items() if name not in unused}
 
 
 def _call(callbacks: dict, name: str, t0, y0, dt) -> None:

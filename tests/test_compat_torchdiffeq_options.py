@@ -1,0 +1,169 @@
+"""torchdiffeq's options and callbacks that its own test suite relies on (issue 14).
+
+Each test is set up so that ignoring the option changes the answer by far more than the
+tolerance: against torchdiffeq itself (a test dependency) or against a closed form.
+"""
+import warnings
+
+import pytest
+import torch
+import torchdiffeq
+
+import helpers
+
+F64 = torch.float64
+FIXED = ("euler", "midpoint", "rk4", "heun2", "heun3")
+
+
+def oscillator(t, y):
+    return torch.stack([y[1], -y[0]])
+
+
+def crossing(t, y):
+    return y[0] - 0.3
+
+
+# --- options['interp'] for an event located by a fixed-step method --------------------------
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint"])
+def test_event_interp_matches_torchdiffeq(method):
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    found = {}
+    for interp in ("linear", "cubic"):
+        options = dict(step_size=0.1, interp=interp)
+        t_ours, ys = helpers.odeint(oscillator, y0, t, method=method, event_fn=crossing, options=options)
+        t_ref, ys_ref = torchdiffeq.odeint(oscillator, y0, t, method=method, event_fn=crossing,
+                                           options=options)
+        # both bisect to the time's resolution; they agree to about 3e-10 here
+        assert abs(float(t_ours - t_ref)) < 1e-8
+        assert float((ys[-1] - ys_ref[-1]).abs().max()) < 1e-8
+        found[interp] = float(t_ours)
+    # the two interpolants put the event 3e-4 apart: the option is not ignored
+    assert abs(found["linear"] - found["cubic"]) > 1e-4
+
+
+def test_interp_is_checked():
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    with pytest.raises(ValueError, match=r"options\['interp'\] must be one of"):
+        helpers.odeint(oscillator, y0, t, method="euler", options=dict(step_size=0.1, interp="quadratic"))
+    with pytest.raises(ValueError, match="unknown key"):  # adaptive methods have their own dense output
+        helpers.odeint(oscillator, y0, t, options=dict(interp="linear"))
+
+
+# --- callbacks ---------------------------------------------------------------------------
+
+
+class Decay(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rate = torch.nn.Parameter(torch.tensor(0.7, dtype=F64))
+
+    def forward(self, t, y):
+        return -self.rate * y * (1 + torch.sin(3 * t))
+
+
+def counting(f, names):
+    calls = {name: [] for name in names}
+    for name in names:
+        setattr(f, name, lambda t0, y0, dt, name=name: calls[name].append((float(t0), float(dt), y0.numel())))
+    return calls
+
+
+@pytest.mark.parametrize("method", FIXED)
+@pytest.mark.parametrize("name", ["callback_accept_step", "callback_reject_step"])
+def test_fixed_step_warns_about_unused_callbacks(method, name):
+    f = Decay()
+    calls = counting(f, [name, "callback_step"])
+    y0 = torch.tensor([1.0, 2.0], dtype=F64)
+    with pytest.warns(UserWarning, match=f"{name}.*never calls.*callback_step"):
+        helpers.odeint(f, y0, torch.tensor([0.0, 1.0], dtype=F64), method=method,
+                       options=dict(step_size=0.25))
+    assert calls[name] == []
+    assert len(calls["callback_step"]) == 4
+
+
+def test_no_warning_without_those_callbacks():
+    f = Decay()
+    counting(f, ["callback_step"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        helpers.odeint(f, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="rk4")
+
+
+@pytest.mark.parametrize("method", FIXED)
+def test_adjoint_callbacks_fixed(method):
+    f = Decay()
+    calls = counting(f, ["callback_step", "callback_step_adjoint"])
+    y0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+    ys = helpers.odeint_adjoint(f, y0, torch.tensor([0.0, 1.0], dtype=F64), method=method,
+                                options=dict(step_size=0.1))
+    assert len(calls["callback_step"]) == 10 and calls["callback_step_adjoint"] == []
+    ys.sum().backward()
+    back = calls["callback_step_adjoint"]
+    assert len(back) == 10 and len(calls["callback_step"]) == 10
+    # from t=1 back to t=0 in steps of -0.1, on the augmented state [z, lambda, a_theta]
+    assert [t0 for t0, _, _ in back] == pytest.approx([1 - 0.1 * k for k in range(10)], abs=1e-12)
+    assert all(dt == pytest.approx(-0.1, abs=1e-12) and n == 2 + 2 + 1 for _, dt, n in back)
+
+
+def test_adjoint_callbacks_adaptive():
+    f = Decay()
+    names = ["callback_step_adjoint", "callback_accept_step_adjoint", "callback_reject_step_adjoint"]
+    calls = counting(f, names)
+    y0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+    stats = helpers.SolveStats()
+    # a first backward step of 2.0 over a span of 3 is rejected: every callback is exercised
+    ys = helpers.odeint_adjoint(f, y0, torch.tensor([0.0, 3.0], dtype=F64), rtol=1e-8, atol=1e-8,
+                                adjoint_options=dict(first_step=2.0), stats=stats)
+    ys.sum().backward()
+    step, accept, reject = (calls[name] for name in names)
+    assert len(accept) == stats.steps_accepted_backward > 0
+    assert len(reject) == stats.steps_rejected_backward > 0
+    assert len(step) == len(accept) + len(reject)
+    assert reject[0][:2] == (3.0, -2.0)
+    assert sum(dt for _, dt, _ in accept) == pytest.approx(-3.0, abs=1e-12)
+
+
+# --- the backward solve inherits perturb and grid_constructor --------------------------------
+
+
+def jumping(times):
+    def f(t, x):
+        times.append(float(t))
+        return -(1.0 if float(t) < 0.5 else 0.5) * x
+    return f
+
+
+@pytest.mark.parametrize("perturb, grad", [(True, 0.375), (False, 0.5625)])
+def test_adjoint_perturb(perturb, grad):
+    times = []
+    x0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+    xs = helpers.odeint_adjoint(jumping(times), x0, torch.tensor([0.0, 1.0], dtype=F64), method="euler",
+                                options=dict(step_size=0.5, perturb=perturb), adjoint_params=())
+    times.clear()
+    xs[-1].sum().backward()
+    # Euler backward from 1: d(lambda)/dt = k(t) lambda with k = 0.5 on [0.5, 1], 1 before;
+    # the step from 0.5 sees k from before 0.5 only when perturbed:
+    # lambda(0) = (1 - 0.5 * 0.5)(1 - 0.5 * k) = 0.375 (perturb) or 0.5625
+    assert (1.0 in times) is not perturb and (0.5 in times) is not perturb
+    assert float((x0.grad - grad).abs().max()) < 1e-14
+
+
+def test_adjoint_grid_constructor():
+    seen = []
+
+    def grid(f, y0, t):
+        seen.append(t.tolist())
+        return torch.linspace(float(t[0]), float(t[-1]), 11, dtype=F64)
+
+    x0 = torch.tensor(1.0, dtype=F64, requires_grad=True)
+    xs = helpers.odeint_adjoint(lambda t, x: x, x0, torch.tensor([0.0, 1.0], dtype=F64), method="euler",
+                                options=dict(grid_constructor=grid), adjoint_params=())
+    xs[1].backward()
+    assert seen == [[0.0, 1.0], [1.0, 0.0]]
+    # ten Euler steps of 0.1 each way: x1 = 1.1**10 x0 and dx1/dx0 = 1.1**10
+    assert abs(float(xs[1].detach()) - 1.1 ** 10) < 1e-12
+    assert abs(float(x0.grad) - 1.1 ** 10) < 1e-12
