@@ -36,14 +36,11 @@ answered offline; their answers are stored as digests, not in clear.
   ``SELF_CHECKING`` in ``tests/test_book.py``, and add a reference and a planted wrong answer
   to ``tests/test_exercises.py``.
 
-Conceptual questions for chapters whose cells are still to be written: ``ch2-q-memory``
-(``ch02.py``).
-
 The reader's own adjoint runs through chapters 5 (``ch5-ex-my-vjp``), 6 (``ch6-ex-my-dynamics``,
 ``ch6-ex-my-adjoint``) and 9 (``ch9-ex-my-dldt0``), each checked against
 :func:`helpers.odeint_adjoint` (see ``reference.py``).
 
-Introduced in the chapter "The Lagrangian" (chapter 3); used from chapter 3 on.
+Introduced in the chapter "Neural ODEs and the forward pass" (chapter 1); used from chapter 1 on.
 """
 from __future__ import annotations
 
@@ -69,7 +66,7 @@ def check(label: str, answer) -> CheckResult:
     **Raises:** ``TypeError`` for a label that is not a string; ``ValueError`` for a label that
     names no self-checking exercise.
 
-    Introduced in the chapter "The Lagrangian".
+    Introduced in the chapter "Neural ODEs and the forward pass".
     """
     return run_check(label, answer)
 
@@ -87,7 +84,7 @@ def hint(label: str, n: int = 1) -> str:
     **Raises:** ``ValueError`` for an unknown label or an ``n`` outside 1..3; ``TypeError`` for
     an ``n`` that is not an integer.
 
-    Introduced in the chapter "The Lagrangian".
+    Introduced in the chapter "Neural ODEs and the forward pass".
     """
     from ._core import lookup
 
@@ -108,6 +105,6 @@ def labels() -> list:
 
     **Returns:** a list of strings.
 
-    Introduced in the chapter "The Lagrangian".
+    Introduced in the chapter "Neural ODEs and the forward pass".
     """
     return sorted(REGISTRY)
