@@ -118,7 +118,7 @@ def test_chapter_standard(path):
 # Chapters held to at least two self-checking exercises (issue 15). Only 3, 4 and 5 have them so
 # far; whoever adds exercises to another chapter (helpers/exercises/__init__.py says how) adds its
 # notebook here.
-SELF_CHECKING = {"01_forward_pass.ipynb", "02_problem.ipynb", "03_lagrangian.ipynb", "04_adjoint_equation.ipynb", "05_vjp.ipynb", "06_adjoint_algorithm.ipynb",
+SELF_CHECKING = {"01_forward_pass.ipynb", "02_problem.ipynb", "03_lagrangian.ipynb", "04_adjoint_equation.ipynb", "05_vjp.ipynb", "06_adjoint_algorithm.ipynb", "07_training.ipynb",
                  "08_what_is_the_adjoint.ipynb", "09_time_gradients.ipynb", "10_when_adjoint_fails.ipynb"}
 
 

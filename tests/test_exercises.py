@@ -98,6 +98,11 @@ def my_adjoint(func, z0, t0, t1, loss_fn, steps):
     return state[1], state[2:]
 
 
+def my_jumps(prediction, targets):
+    r, n = prediction - targets, prediction.numel()
+    return 2 * r / n, torch.sign(r) / n
+
+
 def my_dldt(func, z0, t0, t1, loss_fn, steps):
     state, lam1, z1 = _solve(func, z0, t0, t1, loss_fn, steps)
     with torch.no_grad():
@@ -197,6 +202,8 @@ REFERENCE = {
     "ch5-ex-jvp": "c",
     "ch6-ex-my-dynamics": my_augmented,
     "ch6-ex-my-adjoint": my_adjoint,
+    "ch7-ex-l1": my_jumps,
+    "ch7-q-memory": "b",
     "ch9-ex-my-dldt0": my_dldt,
     "ch9-q-sign": "b",
     "ch2-q-memory": "b",
@@ -308,6 +315,22 @@ def _adjoint_no_theta_minus(func, z0, t0, t1, loss_fn, steps):
     aug = lambda f, t, z, lam: _dyn_theta_plus(f, t, z, lam)  # noqa: E731
     state, _, _ = _solve(func, z0, t0, t1, loss_fn, steps, augmented=aug)
     return state[1], state[2:]
+
+
+def _jumps_no_two(prediction, targets):  # d(r²)/dr taken as r
+    mse_jump, mae_jump = my_jumps(prediction, targets)
+    return mse_jump / 2, mae_jump
+
+
+def _jumps_per_window(prediction, targets):  # divided by the batch size only
+    r = prediction - targets
+    b = prediction.shape[1]
+    return 2 * r / b, torch.sign(r) / b
+
+
+def _jumps_mae_sign(prediction, targets):  # sign(y - z): the residual reversed
+    mse_jump, mae_jump = my_jumps(prediction, targets)
+    return mse_jump, -mae_jump
 
 
 def _dldt_sign(func, z0, t0, t1, loss_fn, steps):
@@ -430,6 +453,11 @@ WRONG = [
     ("ch6-ex-my-dynamics", _dyn_theta_plus, "da_θ/dt"),
     ("ch6-ex-my-adjoint", _adjoint_euler, "dL/dz0"),
     ("ch6-ex-my-adjoint", _adjoint_no_theta_minus, "dL/dθ"),
+    ("ch7-ex-l1", _jumps_no_two, "MSE jump"),
+    ("ch7-ex-l1", _jumps_per_window, "MSE jump"),
+    ("ch7-ex-l1", _jumps_mae_sign, "MAE jump"),
+    ("ch7-q-memory", "a", "option (a)"),
+    ("ch7-q-memory", "d", "option (d)"),
     ("ch9-ex-my-dldt0", _dldt_sign, "dL/dt0"),
     ("ch9-ex-my-dldt0", _dldt_wrong_end, "dL/dt0"),
     ("ch9-q-sign", "a", "option (a)"),
@@ -543,7 +571,7 @@ def test_no_message_contains_the_reference_numbers(label):
 
 def test_multiple_choice_answers_are_not_stored_in_clear():
     source = "".join(p.read_text() for p in (ROOT / "helpers" / "exercises").glob("*.py"))
-    for label in ("ch3-ex-encoder", "ch5-ex-jvp", "ch9-q-sign", "ch2-q-memory", "ch10-q-exact"):
+    for label in ("ch3-ex-encoder", "ch5-ex-jvp", "ch7-q-memory", "ch9-q-sign", "ch2-q-memory", "ch10-q-exact"):
         assert _core.digest(label, REFERENCE[label]) in source
         assert not re.search(rf'right\s*=\s*"{REFERENCE[label]}"', source)
 

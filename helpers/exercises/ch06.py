@@ -1,7 +1,7 @@
 """Self-checking exercises of the chapter "The adjoint algorithm": steps 2 and 3 of the
 reader's own adjoint (their augmented dynamics, their fixed-step backward solve).
 
-The chapter's cells are still to be written; the checkers and their tests are ready:
+Both are exercises of the chapter, each with a starter cell, a check cell and a checked solution:
 
 - ``ch6-ex-my-dynamics``: ``my_augmented(func, t, z, lam)`` returns ``(dz, dlam, dtheta)``,
   the right-hand side ``[f, -λ ∂f/∂z, -λ ∂f/∂θ]`` of the backward solve, ``dtheta`` one tensor
