@@ -18,6 +18,8 @@ to t0, t1 and the observation times".
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -30,7 +32,7 @@ from .per_sample import backward_interval_per_sample, check_per_sample
 from .solve import integrate
 from .stats import SolveStats, StepCounter, _set_last
 from .steppers import resolve_compile
-from .tuple_state import flatten_state, tuple_options
+from .tuple_state import TupleFunc, flatten_state, tuple_options
 
 
 class AugmentedDynamics:
@@ -77,6 +79,55 @@ class AugmentedDynamics:
         return torch.cat(parts)
 
 
+class AdjointNorm:
+    """The backward solve's error norm as torchdiffeq hands it over: a function of a tuple.
+
+    torchdiffeq's adjoint norm takes ``(t, y, adj_y, *adj_params)`` (for a tuple state
+    ``(t, y_1, ..., y_k, adj_y_1, ..., adj_y_k, *adj_params)``), each the scaled error of that
+    part of the augmented state. helpers' augmented state has no ``t``: its entry is a zero.
+
+    Not shown in the book; it extends the chapter "When the adjoint goes wrong".
+    """
+
+    def __init__(self, norm: Callable):
+        self.norm = norm
+
+    def __call__(self, parts):
+        return self.norm(parts)
+
+    @classmethod
+    def default(cls, norm, n_params: int):
+        """``"seminorm"``, ``"full"`` or a user's callable as a norm of the tuple.
+
+        The seminorm is the RMS of the state and adjoint parts together (the last ``n_params``
+        parts left out); the full norm is the RMS of all parts but ``t``; a user's callable is
+        wrapped as it is.
+        """
+        if callable(norm):
+            return cls(norm)
+
+        def rms(parts):
+            keep = parts[1:] if norm == "full" else parts[1:len(parts) - n_params]
+            x = torch.cat([p.reshape(-1) for p in keep])
+            return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+        return rms
+
+    @staticmethod
+    def on_flat(norm: Callable, func, shape, params) -> Callable:
+        """``norm`` of the tuple, applied to the flat scaled error ``[z, λ, a_θ]``."""
+        n = shape.numel()
+        split = func.split if isinstance(func, TupleFunc) else (lambda x: (x.view(shape),))
+        sizes = [p.numel() for p in params]
+
+        def flat_norm(error):
+            error = error.reshape(-1)
+            z, lam, rest = error[:n], error[n:2 * n], error[2 * n:]
+            theta = [part.view(p.shape) for part, p in zip(torch.split(rest, sizes), params)]
+            parts = (torch.zeros((), dtype=error.dtype, device=error.device), *split(z), *split(lam), *theta)
+            return torch.as_tensor(norm(parts))
+        return flat_norm
+
+
 def checkpoint_grid(t: torch.Tensor, checkpoints: int):
     """The requested times merged with ``checkpoints`` equally spaced interior times.
 
@@ -113,6 +164,9 @@ class _OdeintAdjointFunction(torch.autograd.Function):
             counter.add_to(stats)
         ctx.func, ctx.adjoint_settings, ctx.stats, ctx.params = func, adjoint_settings, stats, params
         ctx.compiled = compiled
+        # the backward solve's norm, readable and replaceable as torchdiffeq exposes it
+        ctx.default_norm = AdjointNorm.default(adjoint_settings.norm, len(params))
+        ctx.adjoint_options = {"norm": ctx.default_norm}
         ctx.out_index = out_index
         ctx.save_for_backward(grid, ys_grid)
         return ys_grid[out_index] if len(out_index) != len(grid) else ys_grid
@@ -131,6 +185,12 @@ class _OdeintAdjointFunction(torch.autograd.Function):
         dynamics = AugmentedDynamics(func, ys_grid.shape[1:], params)
         n = dynamics.n
         counter = StepCounter()
+        norm = ctx.adjoint_options.get("norm")
+        if norm is not ctx.default_norm or isinstance(norm, AdjointNorm):
+            if not callable(norm):
+                raise TypeError(f"adjoint_options['norm'] must be callable, got {type(norm).__name__}")
+            # a norm on torchdiffeq's tuple (t, y, adj_y, *adj_params), called on the flat state
+            settings = dataclasses.replace(settings, norm=AdjointNorm.on_flat(norm, func, ys_grid.shape[1:], params))
         error_numel = 2 * n if settings.norm == "seminorm" else None
         stepper = make_stepper(func, settings, ctx.compiled, ys_grid.device, error_numel=error_numel,
                                adjoint_of=(params, ys_grid.shape[1:]))
