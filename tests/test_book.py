@@ -115,11 +115,26 @@ def test_chapter_standard(path):
         assert len(checked) >= 2, f"only {len(checked)} self-checking exercises: {checked}"
 
 
-# Chapters held to at least two self-checking exercises (issue 15). Only 3, 4 and 5 have them so
-# far; whoever adds exercises to another chapter (helpers/exercises/__init__.py says how) adds its
-# notebook here.
+# Notebooks held to at least two self-checking exercises (issue 15): every chapter and the
+# performance appendix. Whoever adds a notebook with exercises (helpers/exercises/__init__.py says
+# how) adds it here; chapters are counted by test_chapter_standard, other pages by
+# test_self_checking_pages_beyond_the_chapters.
 SELF_CHECKING = {"01_forward_pass.ipynb", "02_problem.ipynb", "03_lagrangian.ipynb", "04_adjoint_equation.ipynb", "05_vjp.ipynb", "06_adjoint_algorithm.ipynb", "07_training.ipynb",
-                 "08_what_is_the_adjoint.ipynb", "09_time_gradients.ipynb", "10_when_adjoint_fails.ipynb"}
+                 "08_what_is_the_adjoint.ipynb", "09_time_gradients.ipynb", "10_when_adjoint_fails.ipynb",
+                 "appendix_performance.ipynb"}
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SELF_CHECKING if not re.match(r"\d\d_", n)))
+def test_self_checking_pages_beyond_the_chapters(name):
+    """A page outside the numbered chapters (the appendix) in SELF_CHECKING: at least two
+    exercises checked by ex.check, each with a dropdown solution asserting its answer is right."""
+    path = ROOT / "book" / name
+    assert path in NOTEBOOKS, f"{name} is not one of the book's notebooks"
+    nb = load(path)
+    exercises = re.findall(r"```\{exercise-start\}\s*\n:label: (\S+)", markdown(nb))
+    checked = self_checking_exercises(nb)
+    assert set(checked) <= set(exercises), f"ex.check on labels that are no exercise here: {set(checked) - set(exercises)}"
+    assert len(checked) >= 2, f"only {len(checked)} self-checking exercises: {checked}"
 
 
 def self_checking_exercises(nb) -> list:
@@ -150,6 +165,25 @@ def self_checking_exercises(nb) -> list:
 CODE_COLUMN = 68
 
 
+def fenced_code_lines(text):
+    """The lines of the code blocks a Markdown cell shows (```python fences; not ```{directive})."""
+    lines, open_fence = [], None  # None outside a fence, else "code" or "directive"
+    for line in text.splitlines():
+        stripped = line.strip()
+        if open_fence is None and stripped.startswith("```"):
+            open_fence = "directive" if stripped[3:].startswith("{") else "code"
+        elif open_fence is not None and stripped == "```":
+            open_fence = None
+        elif open_fence == "code":
+            lines.append(line)
+    return lines
+
+
+def test_fenced_code_lines_are_found():
+    text = "```{exercise-start}\n:label: a\n```\ntext\n```python\nx = 1\n```\n```\ny\n```"
+    assert fenced_code_lines(text) == ["x = 1", "y"]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_code_fits_the_column(path):
     """Every line of every code cell the book shows fits the code column (the hidden setup cell aside)."""
@@ -158,9 +192,13 @@ def test_code_fits_the_column(path):
     assert COLUMN == CODE_COLUMN
     long = []
     for i, cell in enumerate(load(path)["cells"]):
-        if cell["cell_type"] != "code" or "remove-cell" in cell["metadata"].get("tags", []):
+        if cell["cell_type"] == "markdown":
+            lines = fenced_code_lines("".join(cell["source"]))
+        elif cell["cell_type"] != "code" or "remove-cell" in cell["metadata"].get("tags", []):
             continue
-        for n, line in enumerate("".join(cell["source"]).splitlines(), 1):
+        else:
+            lines = "".join(cell["source"]).splitlines()
+        for n, line in enumerate(lines, 1):
             if len(line) > CODE_COLUMN:
                 long.append(f"cell {i} line {n} ({len(line)} characters): {line.strip()[:50]}")
     assert not long, f"{path.name}: {len(long)} code lines wider than {CODE_COLUMN}:\n" + "\n".join(long)
