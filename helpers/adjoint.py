@@ -267,7 +267,8 @@ def _adjoint_params(func, adjoint_params, y0) -> tuple:
 
 
 # the forward options the backward solve inherits when it uses the forward method
-_INHERITED = ("step_size", "max_num_steps", "per_sample_steps", "perturb", "grid_constructor", "interp")
+_INHERITED = ("step_size", "max_num_steps", "per_sample_steps", "perturb", "grid_constructor", "interp",
+              "jump_t", "step_t", "grid_points", "min_step", "max_step")
 
 
 class UntrackedGradientGuard:
@@ -399,9 +400,14 @@ def odeint_adjoint(
       method; each defaults to the forward one.
     - `adjoint_options`: the backward solve's options. The same keys as ``options`` plus
       ``norm``: ``"seminorm"`` (default for adaptive methods) leaves the parameter-gradient
-      channel out of the step-acceptance norm, ``"full"`` keeps it. When the backward method
-      is the forward one, ``step_size``, ``max_num_steps``, ``perturb``, ``grid_constructor``
-      and ``interp`` default to the forward values.
+      channel out of the step-acceptance norm, ``"full"`` keeps it; a callable gets, as in
+      torchdiffeq, the tuple ``(t, y, adj_y, *adj_params)`` of scaled errors (``t``'s is 0;
+      a tuple state's members each in turn). The norm in use is
+      ``ys.grad_fn.adjoint_options["norm"]`` (such a callable; without checkpoints); one put there before
+      ``backward()`` steers the backward solve. When the backward method
+      is the forward one, ``step_size``, ``max_num_steps``, ``perturb``, ``grid_constructor``,
+      ``interp``, ``jump_t``, ``step_t``, ``min_step`` and ``max_step`` default to the
+      forward values.
       ``checkpoints``: a number of equally spaced interior times at which the forward pass also
       stores the state (default 0); the backward solve re-anchors ``z`` there, which keeps the
       backward reconstruction of ``z`` accurate on dissipative systems, at the cost of storing

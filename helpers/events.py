@@ -7,8 +7,9 @@ interface to the same thing. A vector-valued ``g`` ends the solve when any entry
 
 How the event is found: every accepted step is checked for a sign change of ``g`` at its end;
 the step that brackets the change is searched by bisection on its dense output (the method's
-own continuous extension, or a cubic Hermite polynomial for methods without one) to the
-resolution of the time's floating-point type.
+own continuous extension; for dopri8, which has none, a shorter step of dopri8 itself; for
+fixed-step methods a cubic Hermite polynomial, or the chord with ``options['interp']="linear"``)
+to the resolution of the time's floating-point type.
 
 The gradient of t* comes from the implicit function theorem. t* is defined by
 ``g(t*, z(t*; p)) = 0`` for every parameter ``p`` (of ``func``, of ``g``, ``y0`` or ``t0``), so
@@ -29,7 +30,7 @@ from typing import Callable
 import torch
 
 from .errors import SolveError
-from .runge_kutta import interpolate
+from .runge_kutta import interpolate, rk_step
 from .stats import StepCounter
 from .steppers import EagerStepper
 
@@ -71,11 +72,20 @@ def _crossed(event_fn, t, y, sign0) -> bool:
 def _dense(tableau, func, t, h, y, y_new, ks, counter, interp="cubic"):
     """The state inside the bracketing step as a function of the fraction θ of the step.
 
-    ``interp``: for methods without a continuous extension, ``"cubic"`` (Hermite, from the
-    derivatives at both ends) or ``"linear"`` (the chord), as ``options['interp']`` says.
+    ``interp``: for fixed-step methods, ``"cubic"`` (Hermite, from the derivatives at both
+    ends) or ``"linear"`` (the chord), as ``options['interp']`` says. An adaptive method
+    without a continuous extension (dopri8) takes a shorter step of its own instead.
     """
     if tableau.dense is not None:
         return lambda theta: interpolate(tableau, y, y_new, ks, h, theta)
+    if tableau.adaptive:
+        # an adaptive method without a continuous extension (dopri8): one step of the method
+        # itself, of length θh, from the step's start (shorter than the step it accepted)
+        def shorter_step(theta):
+            y_theta, _, _, nfe = rk_step(func, tableau, t, y, theta * h, ks[0])
+            counter.nfe += nfe
+            return y_theta
+        return shorter_step
     if interp == "linear":
         return lambda theta: y + theta * (y_new - y)
     # no continuous extension of its own (fixed-step methods): a cubic Hermite polynomial

@@ -249,3 +249,42 @@ def test_adjoint_norm_on_grad_fn_is_honoured():
         xs[-1].sum().backward()
         # the norm found on grad_fn is the seminorm; a replaced one steers the backward solve
         assert calls and stats.nfe_backward == nfe[name]
+
+
+# --- an event located by dopri8, which has no continuous extension ---------------------------
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_dopri8_event_closed_form(reverse):
+    # y' = cos t from y(0) = y0: y = y0 + sin t reaches +-0.5 at t* = +-asin(0.5 - y0) (y0 = 0)
+    sign = -1.0 if reverse else 1.0
+    y0 = torch.tensor([0.0], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, sign], dtype=F64)
+    t_event, ys = helpers.odeint(lambda s, y: torch.cos(s) * torch.ones_like(y), y0, t, method="dopri8",
+                                 event_fn=lambda s, y: y[0] - 0.5 * sign)
+    exact = sign * torch.pi / 6
+    # a cubic Hermite polynomial over dopri8's long steps put it 1.6e-3 off
+    assert abs(float(t_event.detach()) - exact) < 1e-12
+    assert abs(float(ys[-1, 0].detach()) - 0.5 * sign) < 1e-12
+    t_event.backward()
+    # dt*/dy0 = -1 / cos(t*)
+    assert abs(float(y0.grad) + 1 / (3 ** 0.5 / 2)) < 1e-10
+
+
+def test_adjoint_inherits_jump_t():
+    def f(s, x):
+        return -(1.0 if float(s) < 0.5 else 3.0) * x
+
+    nfe, grads = {}, {}
+    for jump in (False, True):
+        x0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+        stats = helpers.SolveStats()
+        options = dict(jump_t=torch.tensor([0.5], dtype=F64)) if jump else None
+        xs = helpers.odeint_adjoint(f, x0, torch.tensor([0.0, 1.0], dtype=F64), rtol=1e-9, atol=1e-11,
+                                    options=options, adjoint_params=(), stats=stats)
+        xs[-1].sum().backward()
+        nfe[jump], grads[jump] = stats.nfe_backward, x0.grad
+    # x(1) = x0 exp(-0.5 - 1.5): dL/dx0 = exp(-2); the backward solve restarts at the jump too
+    # (measured: 219 backward evaluations and 6e-11 off; without the restart 560 and 7e-9)
+    assert float((grads[True] - torch.exp(torch.tensor(-2.0, dtype=F64))).abs().max()) < 1e-9
+    assert nfe[True] < 0.7 * nfe[False]
