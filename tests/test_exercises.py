@@ -188,6 +188,14 @@ def forward_sensitivity(func, z0, t0, t1, steps, coupled=True):
     return s1[:d], s1[d:].reshape(d, p)
 
 
+def numbers_kept_per_step(B, widths, method):
+    """app-ex-kept: counted, not measured; every Linear layer's input per evaluation for
+    backpropagation, and nothing per step for the adjoint."""
+    from helpers import METHODS
+
+    return METHODS[method].stages * B * sum(widths[:-1]), 0
+
+
 REFERENCE = {
     "ch1-ex-rk-step": rk_step_by_hand,
     "ch1-ex-order": estimate_order,
@@ -211,6 +219,8 @@ REFERENCE = {
     "ch8-ex-linear-lambda": linear_lambda,
     "ch8-ex-variational": variational_rhs,
     "ch10-ex-my-euler": my_euler_grads,
+    "app-ex-kept": numbers_kept_per_step,
+    "app-q-seminorm": "b",
 }
 
 
@@ -421,6 +431,20 @@ def _sens_no_coupling(func, z0, t0, t1, steps):
     return forward_sensitivity(func, z0, t0, t1, steps, coupled=False)
 
 
+def _kept_adjoint_states(B, widths, method):  # the adjoint storing the state at every step
+    return numbers_kept_per_step(B, widths, method)[0], B * widths[0]
+
+
+def _kept_bytes(B, widths, method):  # bytes of float32 instead of numbers
+    return 4 * numbers_kept_per_step(B, widths, method)[0], 0
+
+
+def _kept_preactivations(B, widths, method):  # pre-activations counted as well
+    from helpers import METHODS
+
+    return METHODS[method].stages * B * (sum(widths[:-1]) + sum(widths[1:-1])), 0
+
+
 WRONG = [
     ("ch1-ex-rk-step", _step_no_stage_times, "the new state"),
     ("ch1-ex-rk-step", _step_no_h_in_stages, "the new state"),
@@ -470,6 +494,11 @@ WRONG = [
     ("ch8-ex-variational", _variational_minus, "(∂f/∂z) δz"),
     ("ch10-ex-my-euler", _euler_at_next, "dL/dz0"),
     ("ch10-ex-my-euler", _euler_theta_unscaled, "dL/dθ"),
+    ("app-ex-kept", _kept_adjoint_states, "adjoint numbers per step"),
+    ("app-ex-kept", _kept_bytes, "backprop numbers per step"),
+    ("app-ex-kept", _kept_preactivations, "backprop numbers per step"),
+    ("app-q-seminorm", "a", "option (a)"),
+    ("app-q-seminorm", "c", "option (c)"),
 ]
 
 
@@ -571,7 +600,8 @@ def test_no_message_contains_the_reference_numbers(label):
 
 def test_multiple_choice_answers_are_not_stored_in_clear():
     source = "".join(p.read_text() for p in (ROOT / "helpers" / "exercises").glob("*.py"))
-    for label in ("ch3-ex-encoder", "ch5-ex-jvp", "ch7-q-memory", "ch9-q-sign", "ch2-q-memory", "ch10-q-exact"):
+    for label in ("ch3-ex-encoder", "ch5-ex-jvp", "ch7-q-memory", "ch9-q-sign", "ch2-q-memory", "ch10-q-exact",
+                  "app-q-seminorm"):
         assert _core.digest(label, REFERENCE[label]) in source
         assert not re.search(rf'right\s*=\s*"{REFERENCE[label]}"', source)
 

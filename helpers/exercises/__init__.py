@@ -30,7 +30,7 @@ answered offline; their answers are stored as digests, not in clear.
   look_at=...)``, which raises :class:`Wrong` with the relative error and never the values;
 - a conceptual question: ``choice(label, title, options, right=digest(label, letter),
   wrong_notes, hints)``;
-- import the module below, add the label's exercise to the chapter (an exercise block with
+- import the module below (the appendix's is ``appendix.py``, labels ``app-...``), add the label's exercise to the chapter (an exercise block with
   the same ``:label:``, a starter cell, a cell ``ex.check(label, answer)``, and in the dropdown
   solution ``assert ex.check(label, reference).status == "right"``), add the chapter to
   ``SELF_CHECKING`` in ``tests/test_book.py``, and add a reference and a planted wrong answer
@@ -44,7 +44,7 @@ Introduced in the chapter "Neural ODEs and the forward pass" (chapter 1); used f
 """
 from __future__ import annotations
 
-from . import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10  # noqa: F401  (each registers its exercises)
+from . import appendix, ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10  # noqa: F401  (each registers its exercises)
 from ._core import REGISTRY, STATUSES, CheckResult, run_check, wrap
 
 __all__ = ["check", "hint", "labels", "CheckResult", "STATUSES"]
