@@ -301,10 +301,15 @@ class UntrackedGradientGuard:
             if not self.pending:
                 return func(t, y)
             self.pending = False
+            # copies, so that a leaf func makes from its arguments (as a continuous normalising
+            # flow does, to differentiate through the state) shares their storage, and a tensor
+            # func closes over (y0 itself, say) does not
+            t_in, y_in = t.detach().clone(), y.detach().clone()
             with torch.enable_grad():
-                out = func(t.detach(), y.detach())
+                out = func(t_in, y_in)
             if isinstance(out, torch.Tensor) and out.requires_grad:
-                leaf = self.untracked_leaf(out)
+                inputs = {x.untyped_storage().data_ptr() for x in (t_in, y_in)}
+                leaf = self.untracked_leaf(out, inputs)
                 if leaf is not None:
                     raise ValueError(self.message(leaf))
                 out = out.detach()
@@ -312,8 +317,12 @@ class UntrackedGradientGuard:
         watched.user_func = func  # where the step callbacks are looked up
         return watched
 
-    def untracked_leaf(self, out: torch.Tensor) -> Optional[torch.Tensor]:
-        """The first leaf tensor behind ``out`` that requires grad and is not known, or ``None``."""
+    def untracked_leaf(self, out: torch.Tensor, inputs=frozenset()) -> Optional[torch.Tensor]:
+        """The first leaf tensor behind ``out`` that requires grad and is not known, or ``None``.
+
+        Leaves whose storage is one of ``inputs`` (data pointers of ``func``'s arguments) are
+        ``func``'s own arguments made differentiable, not tensors it closes over.
+        """
         stack, seen = [out.grad_fn], set()
         while stack:
             node = stack.pop()
@@ -322,7 +331,7 @@ class UntrackedGradientGuard:
             seen.add(node)
             leaf = getattr(node, "variable", None)  # an AccumulateGrad node holds its leaf
             if leaf is not None:
-                if id(leaf) not in self.known_leaves:
+                if id(leaf) not in self.known_leaves and leaf.untyped_storage().data_ptr() not in inputs:
                     return leaf
                 continue
             stack.extend(next_node for next_node, _ in node.next_functions)
