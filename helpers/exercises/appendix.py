@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from ..memory import graph_memory
-from ..models import MLP
 from ..adjoint import odeint_adjoint
 from ..odeint import odeint
 from ._core import call, choice, compare, exercise, unpack
+from .ch02 import measured_bytes_per_step
 
 # widths, batch, method, dtype: problem S first, then cases that change one thing each
 KEPT_CASES = (
@@ -28,18 +27,8 @@ KEPT_CASES = (
 
 def _measured_numbers_per_step(solve, widths, B, method, dtype) -> torch.Tensor:
     """The slope, in numbers, of the graph memory of ``solve`` between 2 and 4 steps."""
-    torch.manual_seed(9100)
-    field = MLP(widths, dtype=dtype)
-    z0 = torch.randn(B, widths[0], dtype=dtype)
-    t = torch.tensor([0.0, 1.0], dtype=dtype)
-
-    def forward_loss(n):
-        z1 = solve(field, z0, t, method=method, options=dict(step_size=1 / n))[-1]
-        return (z1 ** 2).mean()
-
     size = torch.empty((), dtype=dtype).element_size()
-    kept = [graph_memory(forward_loss, n) / size for n in (2, 4)]
-    return torch.tensor((kept[1] - kept[0]) / 2, dtype=torch.float64)
+    return measured_bytes_per_step(widths, B, method, dtype, solve=solve) / size
 
 
 @exercise(

@@ -59,15 +59,18 @@ BYTES_CASES = (
 )
 
 
-def _measured_bytes_per_step(widths, B, method, dtype) -> torch.Tensor:
-    """The slope of the graph memory between 2 and 4 steps of ``method``, measured."""
+def measured_bytes_per_step(widths, B, method, dtype, solve=odeint) -> torch.Tensor:
+    """The slope of the graph memory of ``solve`` between 2 and 4 steps of ``method``, measured.
+
+    Also used by the appendix's exercise, with ``solve=odeint_adjoint``.
+    """
     torch.manual_seed(6300)
     field = MLP(widths, dtype=dtype)
     z0 = torch.randn(B, widths[0], dtype=dtype)
     t = torch.tensor([0.0, 1.0], dtype=dtype)
 
     def forward_loss(n):
-        z1 = odeint(field, z0, t, method=method, options=dict(step_size=1 / n))[-1]
+        z1 = solve(field, z0, t, method=method, options=dict(step_size=1 / n))[-1]
         return (z1 ** 2).sum()
 
     kept = [graph_memory(forward_loss, n) for n in (2, 4)]
@@ -93,7 +96,7 @@ def _bytes(answer):
     for n, (widths, B, method, dtype) in enumerate(BYTES_CASES):
         kind = str(dtype).replace("torch.", "")
         where = f"case {n + 1} (MLP{widths}, B = {B}, {method}, {kind})"
-        expected = _measured_bytes_per_step(widths, B, method, dtype)
+        expected = measured_bytes_per_step(widths, B, method, dtype)
         out = call(answer, B, widths, method, dtype, where=where)
         looks = {
             0: "what each evaluation saves: the input of every Linear layer.",
