@@ -136,6 +136,10 @@ def odeint(
     - `t`: 1-D, strictly increasing or strictly decreasing, on ``y0``'s device. ``t[0]`` is the
       initial time; a single time returns ``y0``. ``t`` is cast to ``y0``'s dtype (``func``
       sees times in that dtype; the gradient with respect to ``t`` keeps ``t``'s dtype).
+      When ``t`` requires grad, its gradients come from the boundary form,
+      dL/dt0 = -λ(t0)·f(t0, z(t0)) and dL/dt_i = ∂L/∂z(t_i)·f(t_i, z(t_i)), as in
+      ``odeint_adjoint`` (right even when ``func`` jumps in t), at the cost of one more
+      evaluation of ``func`` per requested time (see :func:`times_by_boundary_form`).
     - `rtol`, `atol`: relative and absolute tolerances of the adaptive methods.
     - `method`: ``"dopri5"`` (default), ``"bosh3"``, ``"adaptive_heun"``, ``"fehlberg2"``,
       ``"dopri8"`` (adaptive); ``"euler"``, ``"midpoint"``, ``"rk4"`` (the classical one;
@@ -208,10 +212,56 @@ def odeint(
     stepper = make_stepper(func, settings, compiled, y0.device)
     counter = StepCounter()
     try:
-        ys = integrate(func, y0, t, settings, counter, stepper=stepper)
+        if t.requires_grad and torch.is_grad_enabled() and not settings.per_sample_steps:
+            y0, t_fixed, attach = times_by_boundary_form(func, y0, t, counter)
+            ys = attach(integrate(func, y0, t_fixed, settings, counter, stepper=stepper))
+        else:
+            ys = integrate(func, y0, t, settings, counter, stepper=stepper)
     finally:
         counter.add_to(stats)
     return ys if unflatten is None else unflatten(ys)
+
+
+def times_by_boundary_form(func, y0, t, counter):
+    """Solve with ``t`` held fixed, then attach every time's gradient by the boundary form.
+
+    Moving the start time by δ moves the solution as moving the initial state by
+    ``-δ f(t0, y0)`` does, and moving an output time t_i by δ moves that output by
+    ``δ f(t_i, z(t_i))`` and nothing else. So the initial state becomes
+    ``y0 - (t0 - t0.detach()) f(t0, y0)`` and each output gains ``(t_i - t_i.detach())
+    f(t_i, z(t_i))``, terms whose value is zero: backpropagation then gives
+    dL/dt0 = -λ(t0)·f(t0, z(t0)) and dL/dt_i = ∂L/∂z(t_i)·f(t_i, z(t_i)), the formulas that
+    ``odeint_adjoint`` uses. Backpropagating through the steps instead would see only how the
+    step times stretch with the requested times, which is wrong for a field that jumps in t
+    (dy/dt = 1 before t = 0.5 and 3 after: dL/dt0 came out -3 where it is -1, and with fixed
+    steps dL/dt1 came out as the average slope, 2.03, where it is 3). Costs one evaluation of
+    ``func`` per requested time.
+
+    **Arguments:** the checked ``func``, ``y0`` and ``t`` (``t`` requires grad); ``counter``
+    counts the evaluations.
+
+    **Returns:** ``(start, t_fixed, attach)``: the initial state to solve from, the times to
+    solve at, and ``attach(ys)``, which adds the output times' terms to the solution and puts
+    ``y0`` itself back as its first row.
+
+    Not shown in the book; it extends the chapter "Gradients with respect to t0, t1 and the observation times".
+    """
+    t_fixed = t.detach()
+    shift = t - t_fixed  # zero, with the gradient of t
+    with torch.no_grad():
+        f0 = func(t_fixed[0], y0.detach())
+    counter.nfe += 1
+    start = y0 + (-shift[0]) * f0
+
+    def attach(ys):
+        with torch.no_grad():
+            rates = torch.stack([func(t_fixed[i], ys[i].detach()) for i in range(1, len(t_fixed))])
+        counter.nfe += len(t_fixed) - 1
+        shape = (-1,) + (1,) * (ys.dim() - 1)
+        # the first output is y0 itself, which does not move with t0
+        return torch.cat([y0[None], ys[1:] + shift[1:].reshape(shape) * rates])
+
+    return start, t_fixed, attach
 
 
 def solve_to_event(func, y0, t, event_fn, settings, compiled, stats, unflatten, adjoint_solve=None):
