@@ -25,7 +25,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def split_cells(path):
     """Return ``(main_cells, solutions)``: the main text's code sources and ``{label: [sources]}``."""
-    nb = json.loads(pathlib.Path(path).read_text())
+    return split_notebook(json.loads(pathlib.Path(path).read_text()))
+
+
+def split_notebook(nb):
+    """:func:`split_cells` for a notebook already loaded as a dict."""
     main, solutions, current = [], {}, None
     for cell in nb["cells"]:
         source = "".join(cell["source"])

@@ -15,6 +15,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import tidy_notebooks  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tests"))
+from solution_runner import split_notebook  # noqa: E402
+
 NOTEBOOKS = tidy_notebooks.notebooks()
 CHAPTERS = [p for p in NOTEBOOKS if re.match(r"\d\d_", p.name)]
 
@@ -140,21 +143,8 @@ def test_self_checking_pages_beyond_the_chapters(name):
 def self_checking_exercises(nb) -> list:
     """Labels whose exercise has a check cell in the main text (the reader's starter checked by
     ``ex.check(label, ...)``) and whose dropdown solution asserts that its answer is right."""
-    main, solutions, current = [], {}, None
-    for cell in nb["cells"]:
-        source = "".join(cell["source"])
-        if cell["cell_type"] == "markdown":
-            start = re.search(r"```\{solution-start\}\s+(\S+)", source)
-            if start:
-                current = start.group(1)
-                solutions.setdefault(current, "")
-            if "{solution-end}" in source:
-                current = None
-        elif cell["cell_type"] == "code":
-            if current:
-                solutions[current] += source + "\n"
-            else:
-                main.append(source)
+    main, solution_cells = split_notebook(nb)
+    solutions = {label: "\n".join(sources) for label, sources in solution_cells.items()}
     called = re.findall(r'ex\.check\("([^"]+)"', "\n".join(main))
     return [label for label in dict.fromkeys(called)
             if re.search(rf'assert ex\.check\("{re.escape(label)}", .*\)\.status == "right"',
