@@ -60,5 +60,7 @@ def test_pull_requests_run_the_readme_test_command():
 
 
 def test_torch_comes_from_the_cpu_index():
+    # the default index named as such, the CPU index only as the extra one (torch's CPU build)
     env = load()["env"]
-    assert "download.pytorch.org/whl/cpu" in env["PIP_INDEX_URL"]
+    assert env["PIP_EXTRA_INDEX_URL"].rstrip("/").endswith("download.pytorch.org/whl/cpu")
+    assert env["PIP_INDEX_URL"].rstrip("/").endswith("/simple") and "pytorch" not in env["PIP_INDEX_URL"]
