@@ -421,6 +421,16 @@ def odeint_adjoint(
       stores the state (default 0); the backward solve re-anchors ``z`` there, which keeps the
       backward reconstruction of ``z`` accurate on dissipative systems, at the cost of storing
       those states.
+      ``reconstruct``: how the backward solve gets z(t). ``"backsolve"`` (default) integrates
+      z backward with λ; ``"interpolate"`` reads it from the forward solve's dense output
+      (dopri5's own fourth-order interpolant, else the cubic Hermite polynomial through the
+      ends of each step), so only ``[λ, a_θ]`` is integrated backward: stable where the
+      forward problem is strongly dissipative, at the price of memory O(accepted forward
+      steps) (``stats.dense_steps`` and ``stats.dense_bytes`` say how many and how much).
+      It cannot be combined with ``checkpoints``, ``per_sample_steps``, ``compiled``,
+      ``event_fn``, ``perturb``, ``jump_t``, a callable norm or adjoint step callbacks
+      (``ValueError``). See :mod:`helpers.interpolated_adjoint`; the two are compared in the
+      chapter "Choosing a gradient method, by measurement".
     - `adjoint_params`: the tensors to differentiate with respect to; by default
       ``func.parameters()`` if ``func`` is an ``nn.Module``, else none (gradients still reach
       ``y0`` and ``t``). With autograd on, a ``func`` whose output depends on any other tensor
@@ -448,6 +458,9 @@ def odeint_adjoint(
     adjoint_options = {} if adjoint_options is None else adjoint_options
     if not isinstance(adjoint_options, dict):
         raise TypeError(f"adjoint_options must be a dict or None, got {type(adjoint_options).__name__}")
+    reconstruct = adjoint_options.get("reconstruct", "backsolve")
+    if "reconstruct" in adjoint_options:
+        adjoint_options = {k: v for k, v in adjoint_options.items() if k != "reconstruct"}
     if adjoint_method == settings.tableau.name and options:
         # the same method backward: inherit the forward step settings unless overridden
         inherited = {k: v for k, v in options.items() if k in _INHERITED}
@@ -468,6 +481,16 @@ def odeint_adjoint(
     stats = stats if stats is not None else SolveStats()
     stats.method = settings.tableau.name
     _set_last(stats)
+    if reconstruct != "backsolve":
+        from .interpolated_adjoint import check_reconstruct, interpolated_adjoint
+        check_reconstruct(reconstruct, settings, adjoint_settings, compiled, event_fn, func)
+        if len(t) == 1:
+            ys = one_time_solution(y0, t) + (0 * t.sum() if t.requires_grad else 0)
+        else:
+            known = params + (tuple(func.parameters()) if isinstance(func, nn.Module) else ())
+            guard = UntrackedGradientGuard(func, known) if torch.is_grad_enabled() else None
+            ys = interpolated_adjoint(func, y0, t, settings, adjoint_settings, params, stats, guard)
+        return ys if unflatten is None else unflatten(ys)
     if event_fn is not None:
         def adjoint_solve(y_start, times):
             return odeint_adjoint(
