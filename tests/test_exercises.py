@@ -196,6 +196,46 @@ def numbers_kept_per_step(B, widths, method):
     return METHODS[method].stages * B * sum(widths[:-1]), 0
 
 
+def my_forced_rhs(func, g, params, t, z, lam):
+    """ch11-ex-forcing: minus the gradient of H = λ f + g in z and in every parameter."""
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        H = (lam * func(t, z)).sum() + g(t, z)
+        dH = torch.autograd.grad(H, [z, *params], allow_unused=True)
+    out = [torch.zeros_like(x) if d is None else -d for x, d in zip([z, *params], dH)]
+    return out[0], out[1:]
+
+
+def _forced_without_g(func, g, params, t, z, lam):  # the forcing term forgotten
+    return my_forced_rhs(func, lambda s, x: x.sum() * 0, params, t, z, lam)
+
+
+def _forced_plus_g(func, g, params, t, z, lam):  # +∂g/∂z, +∂g/∂θ
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        H = (lam * func(t, z)).sum() - g(t, z)
+        dH = torch.autograd.grad(H, [z, *params], allow_unused=True)
+    out = [torch.zeros_like(x) if d is None else -d for x, d in zip([z, *params], dH)]
+    return out[0], out[1:]
+
+
+def my_path_dldt(func, g, t0, t1, z0, z1, lam0, lam1, sign_g0=-1.0, with_g=True):
+    """ch11-ex-dldt: dL/dt0 = -(λ(t0) f + g) at t0, dL/dt1 = λ(t1) f + g at t1."""
+    s0, s1 = (torch.tensor(s, dtype=torch.float64) for s in (t0, t1))
+    with torch.no_grad():
+        g0, g1 = (g(s0, z0), g(s1, z1)) if with_g else (0.0, 0.0)
+        return (-(lam0 * func(s0, z0)).sum() + sign_g0 * g0,
+                (lam1 * func(s1, z1)).sum() + g1)
+
+
+def _dldt_without_g(*args):  # chapter 9's formulas
+    return my_path_dldt(*args, with_g=False)
+
+
+def _dldt_g_plus_at_t0(*args):
+    return my_path_dldt(*args, sign_g0=1.0)
+
+
 REFERENCE = {
     "ch1-ex-rk-step": rk_step_by_hand,
     "ch1-ex-order": estimate_order,
@@ -221,6 +261,9 @@ REFERENCE = {
     "ch10-ex-my-euler": my_euler_grads,
     "app-ex-kept": numbers_kept_per_step,
     "app-q-seminorm": "b",
+    "ch11-ex-forcing": my_forced_rhs,
+    "ch11-ex-dldt": my_path_dldt,
+    "ch11-q-augment": "b",
 }
 
 
@@ -499,6 +542,12 @@ WRONG = [
     ("app-ex-kept", _kept_preactivations, "backprop numbers per step"),
     ("app-q-seminorm", "a", "option (a)"),
     ("app-q-seminorm", "c", "option (c)"),
+    ("ch11-ex-forcing", _forced_without_g, "dλ/dt"),
+    ("ch11-ex-forcing", _forced_plus_g, "dλ/dt"),
+    ("ch11-ex-dldt", _dldt_without_g, "dL/dt0"),
+    ("ch11-ex-dldt", _dldt_g_plus_at_t0, "dL/dt0"),
+    ("ch11-q-augment", "a", "option (a)"),
+    ("ch11-q-augment", "c", "option (c)"),
 ]
 
 
@@ -600,7 +649,7 @@ def test_no_message_contains_the_reference_numbers(label):
 
 def test_multiple_choice_answers_are_not_stored_in_clear():
     source = "".join(p.read_text() for p in (ROOT / "helpers" / "exercises").glob("*.py"))
-    for label in ("ch3-ex-encoder", "ch5-ex-jvp", "ch7-q-memory", "ch9-q-sign", "ch2-q-memory", "ch10-q-exact",
+    for label in ("ch11-q-augment", "ch3-ex-encoder", "ch5-ex-jvp", "ch7-q-memory", "ch9-q-sign", "ch2-q-memory", "ch10-q-exact",
                   "app-q-seminorm"):
         assert _core.digest(label, REFERENCE[label]) in source
         assert not re.search(rf'right\s*=\s*"{REFERENCE[label]}"', source)
