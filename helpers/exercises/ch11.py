@@ -119,23 +119,23 @@ def _dldt(answer):
     for seed in range(2):
         func, cost, z0, t0, t1, loss_fn, where = _case(seed)
         times = torch.tensor([t0, t1], dtype=torch.float64)
-        tol = dict(rtol=1e-10, atol=1e-12)
+        tol = dict(rtol=1e-8, atol=1e-10)
         out = path_loss_gradients(func, cost, z0, times,
                                   lambda zs: loss_fn(zs[-1]), **tol)
         with torch.no_grad():
             z1 = odeint(func, z0, times, **tol)[-1]
+        got = call(answer, func, cost, t0, t1, z0.clone(), z1.clone(),
+                   out.dLdz0.clone(), out.jumps[-1].clone(), where=where)
         tt = times.clone().requires_grad_(True)
         zs, q = odeint(RunningCostField(func, cost),
                        (z0, torch.zeros((), dtype=torch.float64)), tt, **tol)
         (want,) = torch.autograd.grad(q[-1] + loss_fn(zs[-1]), tt)
-        got = call(answer, func, cost, t0, t1, z0.clone(), z1.clone(),
-                   out.dLdz0.clone(), out.jumps[-1].clone(), where=where)
         got0, got1 = unpack("the result (dL/dt0, dL/dt1)", got, 2, where)
         worst = max(worst, compare(
-            "dL/dt0", got0, want[0], where=where, tol=1e-7,
+            "dL/dt0", got0, want[0], where=where, tol=1e-6,
             look_at="λ(t0) f at t0 and the running cost at t0, and their common sign."))
         worst = max(worst, compare(
-            "dL/dt1", got1, want[1], where=where, tol=1e-7,
+            "dL/dt1", got1, want[1], where=where, tol=1e-6,
             look_at="λ(t1) f at t1 plus the running cost at t1."))
     return worst
 
