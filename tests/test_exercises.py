@@ -236,6 +236,24 @@ def _dldt_g_plus_at_t0(*args):
     return my_path_dldt(*args, sign_g0=1.0)
 
 
+def clock_grads(func, z0, tau, y, offset, rate):
+    """ch13-ex-clock: dL/dt_i = (z(t_i) - y_i) f(t_i, z(t_i)), summed with the weights 1 and τ_i."""
+    from helpers import odeint
+
+    t = torch.cat([torch.zeros(1, dtype=z0.dtype), offset + rate * tau])
+    with torch.no_grad():
+        z = odeint(func, z0, t, rtol=1e-10, atol=1e-12)[1:]
+        dL_dt = torch.stack([((zi - yi) * func(s, zi)).sum() for s, zi, yi in zip(t[1:], z, y)])
+    return dL_dt.sum(), (tau * dL_dt).sum()
+
+
+def landing_grads(h0, v0, g0):
+    """ch13-ex-landing: the larger root of h0 + v0 t - g0 t²/2, and dt*/dp = -(∂h(t*)/∂p) / v*."""
+    t_star = (v0 + math.sqrt(v0 ** 2 + 2 * g0 * h0)) / g0
+    v_star = v0 - g0 * t_star
+    return t_star, -1 / v_star, -t_star / v_star, t_star ** 2 / (2 * v_star)
+
+
 REFERENCE = {
     "ch1-ex-rk-step": rk_step_by_hand,
     "ch1-ex-order": estimate_order,
@@ -261,6 +279,9 @@ REFERENCE = {
     "ch10-ex-my-euler": my_euler_grads,
     "app-ex-kept": numbers_kept_per_step,
     "app-q-seminorm": "b",
+    "ch13-ex-clock": clock_grads,
+    "ch13-ex-landing": landing_grads,
+    "ch13-q-reply": "b",
     "ch11-ex-forcing": my_forced_rhs,
     "ch11-ex-dldt": my_path_dldt,
     "ch11-q-augment": "b",
@@ -488,6 +509,36 @@ def _kept_preactivations(B, widths, method):  # pre-activations counted as well
     return METHODS[method].stages * B * (sum(widths[:-1]) + sum(widths[1:-1])), 0
 
 
+def _clock_minus(func, z0, tau, y, offset, rate):  # the sign of dL/dt0 used for every t_i
+    d_offset, d_rate = clock_grads(func, z0, tau, y, offset, rate)
+    return -d_offset, -d_rate
+
+
+def _clock_no_tau(func, z0, tau, y, offset, rate):  # the rate's chain-rule weights τ_i left out
+    return clock_grads(func, z0, tau, y, offset, rate)[0], clock_grads(func, z0, tau, y, offset, rate)[0]
+
+
+def _clock_weights_t(func, z0, tau, y, offset, rate):  # weights t_i = offset + rate τ_i, not τ_i
+    d_offset, d_rate = clock_grads(func, z0, tau, y, offset, rate)
+    return d_offset, offset * d_offset + rate * d_rate
+
+
+def _landing_smaller_root(h0, v0, g0):  # the other root of h = 0, before the throw
+    t_star = (v0 - math.sqrt(v0 ** 2 + 2 * g0 * h0)) / g0
+    v_star = v0 - g0 * t_star
+    return t_star, -1 / v_star, -t_star / v_star, t_star ** 2 / (2 * v_star)
+
+
+def _landing_plus(h0, v0, g0):  # dt*/dp = +(∂h/∂p) / v*: the minus of the implicit function theorem lost
+    t_star, d_h0, d_v0, d_g0 = landing_grads(h0, v0, g0)
+    return t_star, -d_h0, -d_v0, -d_g0
+
+
+def _landing_g_no_half(h0, v0, g0):  # ∂h/∂g0 = -t*² instead of -t*²/2
+    t_star, d_h0, d_v0, d_g0 = landing_grads(h0, v0, g0)
+    return t_star, d_h0, d_v0, 2 * d_g0
+
+
 WRONG = [
     ("ch1-ex-rk-step", _step_no_stage_times, "the new state"),
     ("ch1-ex-rk-step", _step_no_h_in_stages, "the new state"),
@@ -542,6 +593,14 @@ WRONG = [
     ("app-ex-kept", _kept_preactivations, "backprop numbers per step"),
     ("app-q-seminorm", "a", "option (a)"),
     ("app-q-seminorm", "c", "option (c)"),
+    ("ch13-ex-clock", _clock_minus, "dL/d offset"),
+    ("ch13-ex-clock", _clock_no_tau, "dL/d rate"),
+    ("ch13-ex-clock", _clock_weights_t, "dL/d rate"),
+    ("ch13-ex-landing", _landing_smaller_root, "t*"),
+    ("ch13-ex-landing", _landing_plus, "dt*/dh0"),
+    ("ch13-ex-landing", _landing_g_no_half, "dt*/dg0"),
+    ("ch13-q-reply", "a", "option (a)"),
+    ("ch13-q-reply", "c", "option (c)"),
     ("ch11-ex-forcing", _forced_without_g, "dλ/dt"),
     ("ch11-ex-forcing", _forced_plus_g, "dλ/dt"),
     ("ch11-ex-dldt", _dldt_without_g, "dL/dt0"),
@@ -650,7 +709,7 @@ def test_no_message_contains_the_reference_numbers(label):
 def test_multiple_choice_answers_are_not_stored_in_clear():
     source = "".join(p.read_text() for p in (ROOT / "helpers" / "exercises").glob("*.py"))
     for label in ("ch11-q-augment", "ch3-ex-encoder", "ch5-ex-jvp", "ch7-q-memory", "ch9-q-sign", "ch2-q-memory", "ch10-q-exact",
-                  "app-q-seminorm"):
+                  "ch13-q-reply", "app-q-seminorm"):
         assert _core.digest(label, REFERENCE[label]) in source
         assert not re.search(rf'right\s*=\s*"{REFERENCE[label]}"', source)
 
