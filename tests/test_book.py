@@ -123,7 +123,7 @@ def test_chapter_standard(path):
 # how) adds it here; chapters are counted by test_chapter_standard, other pages by
 # test_self_checking_pages_beyond_the_chapters.
 SELF_CHECKING = {"01_forward_pass.ipynb", "02_problem.ipynb", "03_lagrangian.ipynb", "04_adjoint_equation.ipynb", "05_vjp.ipynb", "06_adjoint_algorithm.ipynb", "07_training.ipynb",
-                 "08_what_is_the_adjoint.ipynb", "09_time_gradients.ipynb", "10_when_adjoint_fails.ipynb", "13_learning_the_clock.ipynb", "11_losses_along_the_path.ipynb",
+                 "08_what_is_the_adjoint.ipynb", "09_time_gradients.ipynb", "10_when_adjoint_fails.ipynb", "12_choosing_a_method.ipynb", "13_learning_the_clock.ipynb", "11_losses_along_the_path.ipynb",
                  "appendix_performance.ipynb"}
 
 

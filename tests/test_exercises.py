@@ -254,6 +254,11 @@ def landing_grads(h0, v0, g0):
     return t_star, -1 / v_star, -t_star / v_star, t_star ** 2 / (2 * v_star)
 
 
+def stiff_rate(func, t, z):
+    jac = torch.autograd.functional.jacobian(lambda y: func(t, y), z)
+    return max(0.0, (-torch.linalg.eigvals(jac).real).max().item())
+
+
 REFERENCE = {
     "ch1-ex-rk-step": rk_step_by_hand,
     "ch1-ex-order": estimate_order,
@@ -279,6 +284,8 @@ REFERENCE = {
     "ch10-ex-my-euler": my_euler_grads,
     "app-ex-kept": numbers_kept_per_step,
     "app-q-seminorm": "b",
+    "ch12-ex-stiff-rate": stiff_rate,
+    "ch12-q-choose": "c",
     "ch13-ex-clock": clock_grads,
     "ch13-ex-landing": landing_grads,
     "ch13-q-reply": "b",
@@ -539,6 +546,21 @@ def _landing_g_no_half(h0, v0, g0):  # ∂h/∂g0 = -t*² instead of -t*²/2
     return t_star, d_h0, d_v0, 2 * d_g0
 
 
+def _rate_modulus(func, t, z):  # the largest |μ|: rotation counted as decay
+    jac = torch.autograd.functional.jacobian(lambda y: func(t, y), z)
+    return torch.linalg.eigvals(jac).abs().max()
+
+
+def _rate_singular(func, t, z):  # the largest singular value instead of an eigenvalue
+    jac = torch.autograd.functional.jacobian(lambda y: func(t, y), z)
+    return torch.linalg.svdvals(jac).max()
+
+
+def _rate_growth(func, t, z):  # the largest Re μ: the fastest growth, not decay
+    jac = torch.autograd.functional.jacobian(lambda y: func(t, y), z)
+    return torch.linalg.eigvals(jac).real.max()
+
+
 WRONG = [
     ("ch1-ex-rk-step", _step_no_stage_times, "the new state"),
     ("ch1-ex-rk-step", _step_no_h_in_stages, "the new state"),
@@ -593,6 +615,11 @@ WRONG = [
     ("app-ex-kept", _kept_preactivations, "backprop numbers per step"),
     ("app-q-seminorm", "a", "option (a)"),
     ("app-q-seminorm", "c", "option (c)"),
+    ("ch12-ex-stiff-rate", _rate_modulus, "the stiffness rate"),
+    ("ch12-ex-stiff-rate", _rate_singular, "the stiffness rate"),
+    ("ch12-ex-stiff-rate", _rate_growth, "the stiffness rate"),
+    ("ch12-q-choose", "a", "option (a)"),
+    ("ch12-q-choose", "d", "option (d)"),
     ("ch13-ex-clock", _clock_minus, "dL/d offset"),
     ("ch13-ex-clock", _clock_no_tau, "dL/d rate"),
     ("ch13-ex-clock", _clock_weights_t, "dL/d rate"),
@@ -709,7 +736,7 @@ def test_no_message_contains_the_reference_numbers(label):
 def test_multiple_choice_answers_are_not_stored_in_clear():
     source = "".join(p.read_text() for p in (ROOT / "helpers" / "exercises").glob("*.py"))
     for label in ("ch11-q-augment", "ch3-ex-encoder", "ch5-ex-jvp", "ch7-q-memory", "ch9-q-sign", "ch2-q-memory", "ch10-q-exact",
-                  "ch13-q-reply", "app-q-seminorm"):
+                  "ch13-q-reply", "app-q-seminorm", "ch12-q-choose"):
         assert _core.digest(label, REFERENCE[label]) in source
         assert not re.search(rf'right\s*=\s*"{REFERENCE[label]}"', source)
 

@@ -44,7 +44,7 @@ Introduced in the chapter "Neural ODEs and the forward pass" (chapter 1); used f
 """
 from __future__ import annotations
 
-from . import appendix, ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10, ch11, ch13  # noqa: F401  (each registers its exercises)
+from . import appendix, ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10, ch11, ch12, ch13  # noqa: F401  (each registers its exercises)
 from ._core import REGISTRY, STATUSES, CheckResult, run_check, wrap
 
 __all__ = ["check", "hint", "labels", "CheckResult", "STATUSES"]
