@@ -272,6 +272,95 @@ def test_search_finds_a_chapter(page, base_url):
     assert any("08_what_is_the_adjoint" in h for h in hits), hits
 
 
+# Hover previews (sphinx-tippy, configured in _config.yml and book/_ext/hover_previews.py): a
+# reference to an equation, a citation or a glossary term shows its target in a tip.
+def _hover_tip(page, link):
+    """Hover ``link`` (a locator) and return the tip it opens, once any maths in it is typeset."""
+    assert link.count() > 0, "the link to hover is not on the page"
+    link.first.scroll_into_view_if_needed()
+    link.first.hover()
+    tip = page.locator(".tippy-box").first
+    tip.wait_for(state="visible", timeout=10000)
+    page.wait_for_function("""() => {
+        const tip = document.querySelector('.tippy-box');
+        return tip && getComputedStyle(tip).opacity === '1'
+            && !/\\\\\\(|\\\\\\[|\\$\\$/.test(tip.textContent); }""", timeout=20000)
+    return tip
+
+
+def _words(text):
+    return " ".join(text.split())
+
+
+def test_equation_reference_to_an_earlier_chapter_shows_it_typeset(page, base_url):
+    """Chapter 9 cites the adjoint equation (4.2) of chapter 4: hovering shows it, typeset."""
+    open_page(page, base_url, "book/09_time_gradients")
+    link = page.locator('article.bd-article a[href="04_adjoint_equation.html#equation-ch4-adjoint"]')
+    assert link.first.inner_text().strip() == "(4.2)"
+    tip = _hover_tip(page, link)
+    assert tip.locator("mjx-container").count() == 1, tip.inner_html()[:300]
+    assert tip.locator("mjx-merror").count() == 0
+    text = tip.text_content()
+    assert "\\frac" not in text and "$$" not in text and "\\[" not in text, text[:200]
+    # the tip shows chapter 4's equation, at the page's size (a tip typeset before it was on the
+    # page came out at about 70%)
+    source = re.search(r'id="equation-ch4-adjoint">.*?\\\[(.*?)\\\]</div>',
+                       (HTML / "book" / "04_adjoint_equation.html").read_text(), re.S).group(1)
+    shown = page.evaluate("""() => MathJax.startup.document
+        .getMathItemsWithin(document.querySelector('.tippy-box'))[0].math""")
+    assert _words(shown) == _words(source)
+    sizes = page.evaluate("""() => [document.querySelector('.tippy-box mjx-container'),
+        document.querySelector('article.bd-article mjx-container[display="true"]')]
+        .map(e => parseFloat(getComputedStyle(e).fontSize))""")
+    assert sizes[0] > 0.8 * sizes[1], f"the tip's formula is set at {sizes[0]} px, the page's at {sizes[1]} px"
+    box = tip.bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 1280, box
+    page.screenshot(path=str(SHOTS / "hover-equation.png"))
+    assert page.errors == [], page.errors
+
+
+def test_citation_shows_the_reference_on_hover(page, base_url):
+    import html
+    open_page(page, base_url, "book/03_lagrangian")
+    link = page.locator('article.bd-article a[href^="bibliography.html#"]').first
+    target = link.get_attribute("href").split("#")[1]
+    entry = re.search(rf'<div class="citation" id="{target}"[^>]*>(.*?)</div>',
+                      (HTML / "book" / "bibliography.html").read_text(), re.S).group(1)
+    entry = re.sub(r'<span class="label">.*?</span>\s*</span>', "", entry, flags=re.S)
+    entry = _words(html.unescape(re.sub(r"<[^>]+>", "", entry)))
+    tip = _hover_tip(page, link)
+    assert len(entry) > 40 and entry in _words(tip.text_content()), (entry, tip.text_content())
+    page.screenshot(path=str(SHOTS / "hover-citation.png"))
+    assert page.errors == [], page.errors
+
+
+GLOSSARY_TERMS = ["adjoint", "costate", "Lagrange multiplier", "vector–Jacobian product",
+                  "augmented state", "seminorm", "discretise-then-optimise",
+                  "optimise-then-discretise", "NFE", "dense output", "checkpoint"]
+
+
+def test_glossary_defines_the_terms_and_chapters_link_to_it(page, base_url):
+    open_page(page, base_url, "book/glossary")
+    terms = page.evaluate("""() => Array.from(document.querySelectorAll('article dl.glossary dt'))
+        .map(dt => { const c = dt.cloneNode(true);
+                     c.querySelectorAll('.headerlink').forEach(a => a.remove());
+                     return c.textContent.trim(); })""")
+    missing = [t for t in GLOSSARY_TERMS if t not in terms]
+    assert missing == [], f"not in the glossary: {missing} (it has {terms})"
+    assert page.errors == [], page.errors
+    # chapter 4's link on "adjoint equation" shows the definition on hover and leads to it
+    open_page(page, base_url, "book/04_adjoint_equation")
+    link = page.locator('article.bd-article a[href="glossary.html#term-adjoint-equation"]')
+    tip = _hover_tip(page, link)
+    assert "adjoint equation" in tip.text_content() and tip.locator("mjx-container").count() > 0
+    page.mouse.move(0, 0)
+    link.first.click()
+    page.wait_for_url(re.compile(r"glossary\.html#term-adjoint-equation$"), timeout=10000)
+    shown = page.evaluate("() => document.getElementById('term-adjoint-equation').firstChild.textContent")
+    assert shown.strip() == "adjoint equation"
+    assert page.errors == [], page.errors
+
+
 def test_next_links_and_sidebar_reach_every_chapter(page, base_url):
     page.goto(f"{base_url}index.html", wait_until="load")
     page.wait_for_url(re.compile(r"preface\.html"), timeout=10000)

@@ -1,0 +1,48 @@
+"""Hover previews: sphinx-tippy's tips, served from the book and typeset where they appear.
+
+``_config.yml`` turns on sphinx-tippy, which writes for each page the tip of every link in its
+text: a reference to an equation shows the equation, a citation the bibliography entry, a
+glossary term its definition. It is configured there to fetch nothing at build time, and to load
+tippy.js and @popperjs/core from the book's ``_static`` (copied from ``node_modules``, which
+``./run`` fills with npm) instead of a CDN. This extension adds what the configuration cannot:
+
+1. A clear error when those two scripts are missing from ``node_modules``, instead of a warning
+   about ``html_static_path`` and a book whose tips silently fail to load.
+2. MathJax on every page. A tip may show an equation on a page whose own text has no maths, and
+   Sphinx loads MathJax only on pages with maths.
+3. ``book/_static/hover_previews.js`` and ``.css``: the tips' maths typeset once the tip is in the
+   page (sphinx-tippy's own MathJax option typesets it before, at the wrong size), and the tips
+   drawn in the page's colours.
+"""
+from __future__ import annotations
+
+import os
+
+from sphinx.errors import ExtensionError
+
+STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_static")
+
+
+def check_scripts(app, config) -> None:
+    missing = [entry for entry in config.html_static_path
+               if "node_modules" in str(entry)
+               and not os.path.exists(os.path.join(app.confdir, entry))]
+    if missing:
+        raise ExtensionError(
+            "the hover previews' scripts are missing: " + ", ".join(map(str, missing))
+            + ". Install them with `npm install --no-save tippy.js@6.3.7 @popperjs/core@2.11.8`"
+            " (`./run book` does it)")
+    config.html_static_path.append(STATIC)
+
+
+def maths_on_every_page(app, pagename, templatename, context, doctree) -> None:
+    if doctree is not None:
+        app.env.get_domain("math").data["has_equations"][pagename] = True
+
+
+def setup(app):
+    app.connect("config-inited", check_scripts, priority=400)  # before Sphinx drops missing paths
+    app.connect("html-page-context", maths_on_every_page, priority=450)
+    app.add_js_file("hover_previews.js", loading_method="defer")
+    app.add_css_file("hover_previews.css")
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
