@@ -94,7 +94,8 @@ class RunningCostAdjoint:
             dH = torch.autograd.grad(H, (z, *self.params), allow_unused=True)
         parts = [f.detach().reshape(-1)]
         for x, d in zip((z, *self.params), dH):
-            parts.append(torch.zeros(x.numel(), dtype=state.dtype) if d is None else -d.reshape(-1))
+            parts.append(torch.zeros(x.numel(), dtype=state.dtype, device=state.device) if d is None
+                         else -d.reshape(-1))
         return torch.cat(parts)
 
 
@@ -192,7 +193,7 @@ def path_loss_gradients(
     solve = dict(rtol=rtol, atol=atol, method=method, options=options)
     t = t.detach()
     with torch.no_grad():  # forward: the states at every t_i and q = ∫ g dt
-        start = (z0.detach(), torch.zeros((), dtype=z0.dtype))
+        start = (z0.detach(), torch.zeros((), dtype=z0.dtype, device=z0.device))
         zs, q = odeint(RunningCostField(func, g), start, t, **solve)
     with torch.enable_grad():  # the jumps ∂ℓ/∂z(t_i), all at once
         zs_ = zs.requires_grad_(True)
@@ -202,7 +203,7 @@ def path_loss_gradients(
     zs = zs.detach()
     rhs = RunningCostAdjoint(func, g, z0.shape, params)
     lam = jumps[-1]
-    a_theta = torch.zeros(sum(p.numel() for p in params), dtype=z0.dtype)
+    a_theta = torch.zeros(sum(p.numel() for p in params), dtype=z0.dtype, device=z0.device)
     path_t, path_lam = [], []
     with torch.no_grad():
         for i in range(len(t) - 1, 0, -1):  # from t_i back to t_{i-1}
