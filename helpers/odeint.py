@@ -121,6 +121,8 @@ def odeint(
     stats: Optional[SolveStats] = None,
     compiled=False,
     event_fn: Optional[Callable] = None,
+    gradient: str = "backprop",
+    gradient_params=None,
 ) -> torch.Tensor:
     """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and return ``y`` at every time in ``t``.
 
@@ -183,6 +185,18 @@ def odeint(
     - `event_fn`: ``g(t, y)`` returning a tensor: solve from ``t[0]`` (towards ``t[1]`` if
       given, else forwards) until an entry of ``g`` changes sign, as torchdiffeq does; see
       :mod:`helpers.events` and :func:`helpers.odeint_event`.
+    - `gradient`: ``"backprop"`` (default): backpropagate through the steps. ``"forward"``:
+      forward sensitivities; the solve integrates S = ∂z/∂(z0, θ) beside z
+      (dS/dt = ∂f/∂z S + [0, ∂f/∂θ], by Jacobian–vector products vmapped over the d + p
+      directions, so each step costs about d + p times more), keeps no graph of the steps, and
+      the backward pass contracts ∂L/∂z(t_i) with the stored S(t_i); step-size control sees
+      the state only, not S; ``t``'s gradient by the boundary form. ``y0`` of shape ``(d,)``
+      or ``(batch, d)`` (independent rows: checked by one product at the start); no tuple
+      state, ``event_fn``, ``per_sample_steps``, ``compiled`` or step callbacks
+      (``ValueError``). See :mod:`helpers.forward_sensitivity`, and the chapter "Choosing a
+      gradient method, by measurement".
+    - `gradient_params`: with ``gradient="forward"``, the tensors θ (registered parameters of
+      ``func``, an ``nn.Module``); by default ``func.parameters()``.
 
     **Returns:** a tensor of shape ``(len(t), *y0.shape)`` and ``y0``'s dtype, the state at each
     time in ``t``; for a tuple ``y0``, a tuple of such tensors, one per member. With
@@ -204,6 +218,10 @@ def odeint(
     stats = stats if stats is not None else SolveStats()
     stats.method = settings.tableau.name
     _set_last(stats)
+    if gradient != "backprop" or gradient_params is not None:
+        from .forward_sensitivity import forward_sensitivity_solve
+        return forward_sensitivity_solve(func, y0, t, settings, stats, gradient, gradient_params, compiled,
+                                         event_fn, unflatten)
     if event_fn is not None:
         return solve_to_event(func, y0, t, event_fn, settings, compiled, stats, unflatten)
     if len(t) == 1:
