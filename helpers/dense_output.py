@@ -18,7 +18,7 @@ Introduced in the chapter "Choosing a gradient method, by measurement".
 from __future__ import annotations
 
 import bisect
-from typing import Callable, List, Optional
+from typing import Callable, List
 
 import torch
 

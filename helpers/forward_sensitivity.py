@@ -108,12 +108,15 @@ class _ForwardSensitivityFunction(torch.autograd.Function):
         stats.jvps_forward = getattr(stats, "jvps_forward", 0) + counter.nfe * m
         stats.sensitivity_bytes = getattr(stats, "sensitivity_bytes", 0) + S.numel() * S.element_size()
         ctx.m_z, ctx.sizes, ctx.batched = m_z, sizes, batched
-        ctx.param_shapes = [p.shape for p in params]
+        ctx.param_meta = [(p.shape, p.dtype) for p in params]
         ctx.save_for_backward(S)
         return states[:, :n].reshape(len(t), *shape)
 
     @staticmethod
     def backward(ctx, grad_ys):
+        if torch.is_grad_enabled():
+            raise ValueError("gradient='forward' does not give higher-order gradients (create_graph=True was "
+                             "asked for); use the default gradient='backprop'")
         (S,) = ctx.saved_tensors
         m_z, sizes = ctx.m_z, ctx.sizes
         # Σ_i ∂L/∂z(t_i) · S(t_i) for every direction, per row for a batch
@@ -125,8 +128,8 @@ class _ForwardSensitivityFunction(torch.autograd.Function):
             else:
                 grad_y0 = products[:m_z].reshape(m_z, -1).sum(1).view(S.shape[2:])
         totals = products[m_z:].reshape(len(products) - m_z, -1).sum(1)
-        grad_params = [g.view(p_shape) for g, p_shape in zip(torch.split(totals, sizes), ctx.param_shapes)] \
-            if sizes else []
+        grad_params = [g.view(shape).to(dtype)
+                       for g, (shape, dtype) in zip(torch.split(totals, sizes), ctx.param_meta)]
         return (None, None, None, None, None, grad_y0, None, *grad_params)
 
 
@@ -167,7 +170,7 @@ def _gradient_params(func, gradient_params, y0) -> tuple:
     return params, tuple(names[id(p)] for p in params)
 
 
-def _check_rows_independent(func, names, params, y0, t0, counter) -> None:
+def _check_rows_independent(func, y0, t0, counter) -> None:
     """With a 2-D ``y0``, one Jacobian–vector product with row 0 alone: other rows must not move."""
     tangent = torch.zeros_like(y0)
     tangent[0] = 1
@@ -242,7 +245,7 @@ def forward_sensitivity_solve(func, y0, t, settings, stats, gradient, gradient_p
             return integrate(func, y0, t, settings, counter)
         batched = y0.dim() == 2
         if batched and len(y0) > 1:
-            _check_rows_independent(func, names, params, y0, t[0].detach(), counter)
+            _check_rows_independent(func, y0, t[0].detach(), counter)
         attach = None
         if t.requires_grad:
             y0, t, attach = times_by_boundary_form(func, y0, t, counter)

@@ -229,6 +229,14 @@ def test_bad_input_is_refused_by_name(call, words):
         call(f, y0, T)
 
 
+def test_second_order_gradient_is_refused():
+    f = Linear(A)
+    y0 = torch.tensor([1.0, 0.5, -0.7], dtype=F64, requires_grad=True)
+    ys = helpers.odeint(f, y0, T, gradient="forward")
+    with pytest.raises(ValueError, match="higher-order"):
+        torch.autograd.grad(ys.sum(), y0, create_graph=True)
+
+
 def test_untracked_tensor_and_callbacks_are_refused():
     w = torch.tensor(0.5, dtype=F64, requires_grad=True)
     y0 = torch.ones(2, dtype=F64)
