@@ -94,6 +94,10 @@ class _InterpolatedAdjointFunction(torch.autograd.Function):
                              "asked for); use helpers.odeint, which backpropagates through the solver")
         t, ys = (x.detach() for x in ctx.saved_tensors)
         func, settings, stats, params = ctx.func, ctx.adjoint_settings, ctx.stats, ctx.params
+        if ctx.adjoint_options.get("norm") is not settings.norm:
+            raise ValueError("ys.grad_fn.adjoint_options['norm'] cannot be replaced with "
+                             "adjoint_options['reconstruct']='interpolate'; give adjoint_options['norm'] "
+                             "('seminorm' or 'full') to odeint_adjoint instead")
         need_y0, need_t = ctx.needs_input_grad[4], ctx.needs_input_grad[5]
         dynamics = InterpolatedAdjointDynamics(func, ctx.dense, params)
         n = dynamics.n

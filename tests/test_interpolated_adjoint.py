@@ -178,6 +178,15 @@ def test_refused_combinations_name_the_option(adjoint_options, kwargs, words):
         helpers.odeint_adjoint(f, y0, t, adjoint_options=adjoint_options, **kwargs)
 
 
+def test_replacing_the_norm_on_grad_fn_is_refused():
+    f, y0, t, _ = linear_problem()
+    ys = helpers.odeint_adjoint(f, y0.requires_grad_(), t, adjoint_options=INTERP)
+    assert ys.grad_fn.adjoint_options == {"norm": "seminorm", "reconstruct": "interpolate"}
+    ys.grad_fn.adjoint_options["norm"] = lambda parts: 0.0
+    with pytest.raises(ValueError, match="grad_fn.adjoint_options"):
+        ys.sum().backward()
+
+
 def test_adjoint_callbacks_are_refused():
     f, y0, t, _ = linear_problem()
     f.callback_step_adjoint = lambda t0, y, dt: None
