@@ -8,6 +8,8 @@ from ``y0`` over the two times ``t = [t0, t1]``:
 - ``"checkpointed"``: ``odeint_adjoint`` with ``adjoint_options=dict(checkpoints=K)``;
 - ``"interpolated"``: ``odeint_adjoint`` with ``adjoint_options=dict(reconstruct="interpolate")``,
   which reads ``z`` from the forward solve's dense output instead of rebuilding it;
+- ``"forward"``: forward sensitivity, ``helpers.odeint(..., gradient="forward")``, which carries
+  ``S = dz/dθ`` along the forward solve (its work grows with the number of parameters);
 - ``"discrete"``: :func:`helpers.discrete_adjoint.rk_discrete_adjoint`, the exact adjoint of a
   fixed-step Runge–Kutta method (fixed steps only: the solver settings must name a fixed-step
   method and ``options["step_size"]``).
@@ -36,7 +38,7 @@ from .odeint import odeint
 from .stats import SolveStats
 from .tableaus import METHODS as TABLEAUS
 
-GRADIENT_METHODS = ("backprop", "backsolve", "checkpointed", "interpolated", "discrete")
+GRADIENT_METHODS = ("backprop", "backsolve", "checkpointed", "interpolated", "forward", "discrete")
 
 
 @dataclass
@@ -86,6 +88,8 @@ def _solve_kwargs(method: str, solver: dict, checkpoints: int) -> tuple:
     """The solver function and its keyword arguments for one of the autograd-based methods."""
     if method == "backprop":
         return odeint, dict(solver)
+    if method == "forward":
+        return odeint, dict(solver, gradient="forward")
     adjoint_options = dict(solver.get("adjoint_options") or {})
     if method == "checkpointed":
         adjoint_options["checkpoints"] = checkpoints
@@ -142,7 +146,9 @@ def gradient(method: str, func: Callable, y0: torch.Tensor, t: torch.Tensor,
             stats.nfe_backward += result.n_vjp
         return torch.cat([g.reshape(-1) for g in result.param_grads])
     solve, kwargs = _solve_kwargs(method, solver, checkpoints)
-    if method != "backprop":
+    if method == "forward":
+        kwargs["gradient_params"] = params
+    elif method != "backprop":
         kwargs["adjoint_params"] = params
     zs = solve(func, y0, t, stats=stats, **kwargs)
     grads = torch.autograd.grad(loss(zs[-1]), params, allow_unused=True)
@@ -175,7 +181,9 @@ def kept_bytes(method: str, func: Callable, y0: torch.Tensor, t: torch.Tensor,
     if method not in GRADIENT_METHODS:
         raise ValueError(f"method must be one of {GRADIENT_METHODS}, got {method!r}")
     solve, kwargs = _solve_kwargs(method, solver, checkpoints)
-    if method != "backprop":
+    if method == "forward":
+        kwargs["gradient_params"] = params
+    elif method != "backprop":
         kwargs["adjoint_params"] = params
     stats = SolveStats()
     kept = graph_memory(lambda: loss(solve(func, y0, t, stats=stats, **kwargs)[-1]))
