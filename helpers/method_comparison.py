@@ -14,8 +14,9 @@ from ``y0`` over the two times ``t = [t0, t1]``:
   fixed-step Runge–Kutta method (fixed steps only: the solver settings must name a fixed-step
   method and ``options["step_size"]``).
 
-:func:`measure` times forward and backward together (the median of a few runs) and reads the
-memory that the forward pass keeps for the backward one, as chapter "The problem" does with
+:func:`measure` times forward and backward together (wall and processor time, over a few
+runs) and reads the memory that the forward pass keeps for the backward one, as chapter "The
+problem" does with
 :func:`helpers.memory.graph_memory` (plus, for the interpolating adjoint, the dense output it
 stores; for the discrete adjoint, its stored stage values).
 
@@ -46,6 +47,9 @@ class Measurement:
     """What :func:`measure` found for one method on one problem.
 
     **Fields:** `method`; `seconds`, the median wall time of a forward and backward pass;
+    `fastest`, the shortest of those times; `cpu`, the median processor time this process
+    spent on one pass (``time.process_time``: with one thread, the work itself, which other
+    programs on a busy machine do not inflate as they do wall time);
     `kept_bytes`, the bytes the forward pass keeps for the backward pass; `error`, the relative
     error ``|g - reference| / |reference|`` of the gradient (``nan`` without a reference);
     `nfe_forward`, `nfe_backward`, the evaluations of the field (backward: of the augmented
@@ -57,6 +61,8 @@ class Measurement:
 
     method: str
     seconds: float
+    fastest: float
+    cpu: float
     kept_bytes: int
     error: float
     nfe_forward: int
@@ -201,7 +207,8 @@ def measure(method: str, func: Callable, y0: torch.Tensor, t: torch.Tensor,
 
     - `reference`: the gradient to compare with (a flat row of ``p`` entries), e.g. from a
       closed form or from backprop at a tight tolerance; ``None`` gives ``error = nan``.
-    - `repeats`: how many timed runs (forward and backward); the median is reported.
+    - `repeats`: how many timed runs (forward and backward); the median and the shortest
+      wall time and the median processor time are reported.
     - `memory`: measure the bytes kept (one more forward pass); ``False`` reports ``-1``.
 
     **Returns:** a :class:`Measurement`.
@@ -211,17 +218,19 @@ def measure(method: str, func: Callable, y0: torch.Tensor, t: torch.Tensor,
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
     args = dict(solver=solver, params=params, checkpoints=checkpoints)
-    seconds = []
+    seconds, cpu = [], []
     for _ in range(repeats):
         stats = SolveStats()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         g = gradient(method, func, y0, t, loss, stats=stats, **args)
         seconds.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     error = float("nan")
     if reference is not None:
         error = ((g - reference).norm() / reference.norm()).item()
     return Measurement(
-        method=method, seconds=statistics.median(seconds),
+        method=method, seconds=statistics.median(seconds), fastest=min(seconds),
+        cpu=statistics.median(cpu),
         kept_bytes=kept_bytes(method, func, y0, t, loss, **args) if memory else -1, error=error,
         nfe_forward=stats.nfe_forward, nfe_backward=stats.nfe_backward)
 
