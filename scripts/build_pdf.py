@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import functools
 import http.server
-import json
 import pathlib
 import re
 import shutil
@@ -51,7 +50,8 @@ MARGIN = {"top": "16mm", "bottom": "18mm", "left": "17mm", "right": "17mm"}
 
 
 def chromium() -> str | None:
-    """The browser to print with: Debian's ``chromium`` (``$CHROMIUM`` or another name if set)."""
+    """The browser to print with: ``$CHROMIUM`` if set, else Debian's ``chromium``, else the
+    names GitHub's Ubuntu runners give Chromium and Chrome."""
     import os
 
     for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
@@ -327,11 +327,15 @@ def print_pdf(html_dir: pathlib.Path, out: pathlib.Path) -> dict:
             page = browser.new_page(viewport={"width": width, "height": 1100})
             page.route("**/*", lambda route, request: answer_locally(
                 route, request, base_url, html_dir / page_file))
+            # what did not load, except what paper does without: the search index (the single
+            # page has no search, but its script asks for one) and the hover previews' data
+            # (sphinx-tippy writes none for the single page)
             failed = []
-            page.on("requestfailed", lambda request: failed.append(request.url))
-            # (the single page has no search, and its script asks for a search index anyway)
+            unneeded = ("searchindex.js", "/_static/tippy/")
+            page.on("requestfailed", lambda r: failed.append(r.url)
+                    if not any(u in r.url for u in unneeded) else None)
             page.on("response", lambda r: failed.append(r.url)
-                    if r.status >= 400 and not r.url.endswith("searchindex.js") else None)
+                    if r.status >= 400 and not any(u in r.url for u in unneeded) else None)
             page.goto(base_url + "book.html", wait_until="load", timeout=120000)
             page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
                                    timeout=60000)
@@ -394,7 +398,9 @@ def main(argv=None) -> int:
     print(f"{len(found['titles'])} pages of _toc.yml printed to {out} "
           f"(single-page build {built - start:.0f} s, printing {time.time() - built:.0f} s)")
     print("  " + ", ".join(f"{k} at {v:.0f} s" for k, v in found["timing"].items()))
-    return 1 if found["tex_errors"] or found["absent"] else 0
+    if found["tex_errors"]:
+        print(f"error: {found['tex_errors']} formulas MathJax could not typeset", file=sys.stderr)
+    return 1 if found["tex_errors"] or found["absent"] or found["broken_images"] else 0
 
 
 if __name__ == "__main__":
