@@ -196,8 +196,8 @@ PREPARE = r"""(book) => {
     copy.querySelectorAll('.headerlink').forEach(e => e.remove());
     return copy.textContent.replace(/\s+/g, ' ').trim();
   };
-  const anchor = (name) => starts[name] ? starts[name].id : '';
-  for (const [name, section] of Object.entries(starts)) section.classList.add('pdf-chapter');
+  // each page of the book gets an anchor of its own: section ids repeat from page to page
+  const anchor = (name) => starts[name] ? 'pdf-' + name.replace(/[^A-Za-z0-9_-]/g, '-') : '';
   // the parts' captions, each before its first chapter, on that chapter's first page
   for (const part of book.parts) {
     const section = starts[part.files[0]];
@@ -207,6 +207,28 @@ PREPARE = r"""(book) => {
     div.textContent = part.caption;
     section.prepend(div);
   }
+  for (const [name, section] of Object.entries(starts)) {
+    section.classList.add('pdf-chapter');
+    const mark = document.createElement('a');
+    mark.id = anchor(name);
+    section.prepend(mark);
+  }
+  // Sphinx makes ids unique within a page, not across the book ("summary", "exercises", "id2"
+  // recur): a link to such an id goes to the occurrence in its own page of the book, which is
+  // renamed to be unique; between pages the first occurrence is all there is to go by
+  const byId = {};
+  for (const el of article.querySelectorAll('[id]')) (byId[el.id] = byId[el.id] || []).push(el);
+  const home = (el) => el.closest('section.pdf-chapter');
+  let ambiguous = 0;
+  const resolve = (a, target) => {
+    const all = byId[target];
+    if (!all || all.length < 2) return target;
+    const own = all.find(el => home(el) === home(a));
+    if (!own) { ambiguous += 1; return target; }
+    if (own === all[0]) return target;
+    if (!own.dataset.pdfId) own.dataset.pdfId = own.id = target + '--' + all.indexOf(own);
+    return own.id;
+  };
   // cross-references: the single page's builder writes them as "book/preface.html#target" or
   // "#document-NAME", neither of which lands on this page; point each at its target's id
   // a link to a file of the HTML book (a notebook download, the PDF itself) has no place on
@@ -223,7 +245,7 @@ PREPARE = r"""(book) => {
       target = anchor(name) || target;
     }
     if (target && document.getElementById(target)) {
-      a.setAttribute('href', '#' + target);
+      a.setAttribute('href', '#' + resolve(a, target));
     } else if (target) {
       missing.push(href);
     }
@@ -264,7 +286,7 @@ PREPARE = r"""(book) => {
   }
   front.append(contents);
   article.prepend(front);
-  return {chapters: Object.keys(starts), missing, absent,
+  return {chapters: Object.keys(starts), missing, absent, ambiguous,
           titles: [book.root].concat(...book.parts.map(p => p.files)).map(title)};
 }"""
 
@@ -389,6 +411,9 @@ def main(argv=None) -> int:
     found = print_pdf(SINGLE, out)
     for problem in found["missing"]:
         print(f"warning: a link whose target is not in the book: {problem}", file=sys.stderr)
+    if found["ambiguous"]:
+        print(f"note: {found['ambiguous']} links name an id that several pages of the book use "
+              "and none in their own page; they go to the first", file=sys.stderr)
     for name in found["absent"]:
         print(f"error: {name} is in _toc.yml but not in the single-page build", file=sys.stderr)
     for problem in found["failed"] + found["broken_images"]:
