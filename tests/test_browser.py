@@ -13,20 +13,19 @@ another build directory.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.server
 import os
 import pathlib
 import re
 import shutil
 import sys
-import threading
 
 import pytest
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from build_pdf import serve  # noqa: E402  (the PDF build serves its page the same way)
+
 HTML = pathlib.Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html"))
 MATHJAX = ROOT / "node_modules" / "mathjax" / "es5"
 SHOTS = ROOT / "_build" / "screenshots"
@@ -60,24 +59,6 @@ PAGES = toc_pages()
 # is removed at build time by book/_ext/book_build.py. Add an entry only with its reason.
 CONSOLE_EXEMPT: dict[str, str] = {}
 NOTEBOOK_PAGES = [p for p in PAGES if (ROOT / f"{p}.ipynb").exists()]
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@contextlib.contextmanager
-def serve(directory):
-    """Serve ``directory`` on 127.0.0.1 at a free port; yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
 
 
 @pytest.fixture(scope="module")

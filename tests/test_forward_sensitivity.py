@@ -17,29 +17,13 @@ import helpers
 from helpers.models import MLP
 from helpers.time_gradients import TimeInputMLP
 
+from linear_fields import Decay, Linear  # tests/linear_fields.py
+
 F64 = torch.float64
 METHODS = {
     "dopri5": dict(method="dopri5", rtol=1e-10, atol=1e-12),
     "rk4": dict(method="rk4", options=dict(step_size=0.01)),
 }
-
-
-class Linear(nn.Module):
-    def __init__(self, A):
-        super().__init__()
-        self.A = nn.Parameter(A.clone())
-
-    def forward(self, t, z):
-        return z @ self.A.T
-
-
-class Decay(nn.Module):
-    def __init__(self, k):
-        super().__init__()
-        self.k = nn.Parameter(torch.tensor(k, dtype=F64))
-
-    def forward(self, t, z):
-        return -self.k * z
 
 
 @pytest.fixture(autouse=True, scope="module")
