@@ -17,7 +17,7 @@ import helpers
 from helpers.models import MLP
 from helpers.time_gradients import TimeInputMLP
 
-from linear_fields import Decay, Linear  # tests/linear_fields.py
+from gradient_checks import Decay, Linear, gradients, rel  # tests/gradient_checks.py
 
 F64 = torch.float64
 METHODS = {
@@ -34,17 +34,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def rel(a, b) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def gradients(solver, f, y0, t, w, **kwargs):
-    y0 = y0.detach().clone().requires_grad_(True)
-    t = t.detach().clone().requires_grad_(True)
-    ys = solver(f, y0, t, **kwargs)
-    return torch.autograd.grad((w * ys).sum(), [y0, t] + list(f.parameters()))
 
 
 A = torch.tensor([[-0.5, 1.0, 0.2], [-1.0, -0.3, 0.0], [0.1, 0.4, -0.2]], dtype=F64)

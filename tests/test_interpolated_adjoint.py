@@ -14,7 +14,7 @@ import torch
 import helpers
 from helpers.time_gradients import TimeInputMLP
 
-from linear_fields import Decay, Linear  # tests/linear_fields.py
+from gradient_checks import Decay, Linear, gradients, rel  # tests/gradient_checks.py
 
 F64 = torch.float64
 INTERP = dict(reconstruct="interpolate")
@@ -22,17 +22,6 @@ METHODS = {
     "dopri5": dict(method="dopri5", rtol=1e-10, atol=1e-12),
     "rk4": dict(method="rk4", options=dict(step_size=0.01)),
 }
-
-
-def rel(a, b) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def gradients(solver, f, y0, t, w, **kwargs):
-    y0 = y0.detach().clone().requires_grad_(True)
-    t = t.detach().clone().requires_grad_(True)
-    ys = solver(f, y0, t, **kwargs)
-    return torch.autograd.grad((w * ys).sum(), [y0, t] + list(f.parameters()))
 
 
 def linear_problem():
