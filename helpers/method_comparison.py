@@ -24,6 +24,7 @@ Introduced in the chapter "Choosing a gradient method, by measurement".
 """
 from __future__ import annotations
 
+import gc
 import math
 import statistics
 import time
@@ -47,9 +48,11 @@ class Measurement:
     """What :func:`measure` found for one method on one problem.
 
     **Fields:** `method`; `seconds`, the median wall time of a forward and backward pass;
-    `fastest`, the shortest of those times; `cpu`, the median processor time this process
-    spent on one pass (``time.process_time``: with one thread, the work itself, which other
-    programs on a busy machine do not inflate as they do wall time);
+    `fastest`, the shortest of those times; `cpu`, the median processor time spent on one pass:
+    while torch runs on one thread, that of the calling thread alone (``time.thread_time``: the
+    work itself, which neither other programs on a busy machine nor other threads of the same
+    process, such as a test runner's, inflate), otherwise the whole process's
+    (``time.process_time``);
     `kept_bytes`, the bytes the forward pass keeps for the backward pass; `error`, the relative
     error ``|g - reference| / |reference|`` of the gradient (``nan`` without a reference);
     `nfe_forward`, `nfe_backward`, the evaluations of the field (backward: of the augmented
@@ -208,7 +211,8 @@ def measure(method: str, func: Callable, y0: torch.Tensor, t: torch.Tensor,
     - `reference`: the gradient to compare with (a flat row of ``p`` entries), e.g. from a
       closed form or from backprop at a tight tolerance; ``None`` gives ``error = nan``.
     - `repeats`: how many timed runs (forward and backward); the median and the shortest
-      wall time and the median processor time are reported.
+      wall time and the median processor time are reported. Garbage collection is paused
+      during the runs, as ``timeit`` pauses it.
     - `memory`: measure the bytes kept (one more forward pass); ``False`` reports ``-1``.
 
     **Returns:** a :class:`Measurement`.
@@ -218,13 +222,23 @@ def measure(method: str, func: Callable, y0: torch.Tensor, t: torch.Tensor,
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
     args = dict(solver=solver, params=params, checkpoints=checkpoints)
+    # one torch thread: the work runs on this thread, so its clock sees nothing else
+    cpu_clock = time.thread_time if torch.get_num_threads() == 1 else time.process_time
     seconds, cpu = [], []
-    for _ in range(repeats):
-        stats = SolveStats()
-        start, start_cpu = time.perf_counter(), time.process_time()
-        g = gradient(method, func, y0, t, loss, stats=stats, **args)
-        seconds.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
+    # as timeit does: a collection of the caller's objects (in a long test run, millions of
+    # them) must not land in one run's time
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            stats = SolveStats()
+            start, start_cpu = time.perf_counter(), cpu_clock()
+            g = gradient(method, func, y0, t, loss, stats=stats, **args)
+            seconds.append(time.perf_counter() - start)
+            cpu.append(cpu_clock() - start_cpu)
+    finally:
+        if collecting:
+            gc.enable()
     error = float("nan")
     if reference is not None:
         error = ((g - reference).norm() / reference.norm()).item()

@@ -6,7 +6,9 @@ for backprop and the discrete adjoint and stay flat for the adjoints.
 """
 from __future__ import annotations
 
+import gc
 import math
+import time
 
 import pytest
 import torch
@@ -117,6 +119,56 @@ def test_measure_reports_time_memory_error_and_work():
     r = measure("discrete", f, z0, t, loss, repeats=1, solver=RK4, memory=False)
     assert math.isnan(r.error) and r.kept_bytes == -1
     assert r.nfe_forward == 400 and r.nfe_backward == 400
+
+
+def test_measured_processor_time_is_the_work_of_the_calling_thread():
+    # another thread's work inside the timed region (a test runner's, a notebook server's) is
+    # not the method's: with one torch thread the clock is the calling thread's
+    import threading
+
+    f, z0, t, _, _ = exponential()
+
+    def busy():  # 0.3 s of native work in another thread (torch releases the GIL)
+        a, end = torch.randn(300, 300), time.perf_counter() + 0.3
+        while time.perf_counter() < end:
+            a @ a
+
+    def loss_while_another_thread_works(z):
+        worker = threading.Thread(target=busy)
+        worker.start()
+        worker.join()  # this thread waits: wall time passes, its processor time does not
+        return 0.5 * (z**2).sum()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = measure("backsolve", f, z0, t, loss_while_another_thread_works, repeats=1,
+                    solver=dict(method="rk4", options=dict(step_size=0.1)), memory=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert r.seconds > 0.3  # the other thread's 0.3 s passed inside the timed run
+    assert r.cpu < 0.5 * r.seconds  # but only the ten steps' own work was counted
+
+
+def test_garbage_collection_is_paused_while_timing_and_restored():
+    f, z0, t, _, _ = exponential()
+    seen = []
+
+    def loss_noting_the_collector(z):
+        seen.append(gc.isenabled())
+        return 0.5 * (z**2).sum()
+
+    assert gc.isenabled()
+    measure("backsolve", f, z0, t, loss_noting_the_collector, repeats=2, solver=RK4,
+            memory=False)
+    assert seen == [False, False] and gc.isenabled()
+    gc.disable()
+    try:  # a caller who paused it keeps it paused
+        measure("backsolve", f, z0, t, loss_noting_the_collector, repeats=1, solver=RK4,
+                memory=False)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_format_table_fits_its_width():
