@@ -7,7 +7,9 @@ a runtime one: helpers does not import them. This module imports without them, a
 :func:`available` says whether they are there. :func:`make_case` copies the weights of a
 ``helpers.models.MLP`` and the initial state into JAX, builds the same vector field and the same
 loss ``mean(z(T)**2)``, and jit-compiles the loss and its gradient with respect to the weights
-through ``diffrax.BacksolveAdjoint`` (the continuous adjoint, as ``helpers.odeint_adjoint``).
+through ``diffrax.BacksolveAdjoint`` (the continuous adjoint, as ``helpers.odeint_adjoint``) or
+diffrax's default ``RecursiveCheckpointAdjoint`` (differentiating the solver's own steps, with
+checkpoints: the counterpart of backpropagation through ``helpers.odeint``).
 
 Introduced in the chapter "Appendix: measured performance" (the speed benchmark).
 """
@@ -84,6 +86,10 @@ else:
         _create_backend_on_one_cpu()
 
 METHODS = ("dopri5", "rk4")
+ADJOINTS = ("backsolve", "recursive_checkpoint")
+# diffrax's own default max_steps: RecursiveCheckpointAdjoint needs a finite one, and sizes its
+# checkpoints by it
+CHECKPOINTED_MAX_STEPS = 4096
 
 
 def available() -> bool:
@@ -223,8 +229,9 @@ class DiffraxCase:
 
     **Attributes:**
 
-    - `method`, `T`, `rtol`, `atol`, `step_size`, `num_fixed_steps`: the configuration
-      (``num_fixed_steps`` is the number of equal RK4 steps, ``None`` for dopri5).
+    - `method`, `T`, `rtol`, `atol`, `step_size`, `num_fixed_steps`, `adjoint`: the
+      configuration (``num_fixed_steps`` is the number of equal RK4 steps, ``None`` for dopri5;
+      `adjoint` one of :data:`ADJOINTS`).
     - `compile_seconds`: wall time of the first call, compilation included, until its result was
       ready.
     - `forward_steps`: ``(accepted, rejected)`` steps of the forward solve in the latest run, as
@@ -232,8 +239,8 @@ class DiffraxCase:
       counts evaluations in both).
     """
 
-    def __init__(self, params, y0, method, T, rtol, atol, step_size, num_fixed_steps):
-        self.method, self.T, self.rtol, self.atol = method, T, rtol, atol
+    def __init__(self, params, y0, method, T, rtol, atol, step_size, num_fixed_steps, adjoint="backsolve"):
+        self.method, self.T, self.rtol, self.atol, self.adjoint = method, T, rtol, atol, adjoint
         self.step_size, self.num_fixed_steps = step_size, num_fixed_steps
         self._params = [jnp.asarray(p) for p in params]
         self._y0 = jnp.asarray(y0)
@@ -251,7 +258,7 @@ class DiffraxCase:
                                f"helpers takes for T={T} and step_size={step_size}")
 
     def _loss_fn(self, counted):
-        """``params -> (mean(z(T)**2), forward stats)`` with the backward pass by ``BacksolveAdjoint``."""
+        """``params -> (mean(z(T)**2), forward stats)``, differentiated by ``self.adjoint``."""
         calls = self._calls = []  # the time of every evaluation, when counted
 
         def vector_field(t, y, params):  # t ignored: the MLP is autonomous
@@ -272,7 +279,11 @@ class DiffraxCase:
             forward_controller = backward_controller = diffrax.ConstantStepSize()
             # Equal steps of T/n as helpers takes them; the backward solve runs them in reverse.
             dt0, max_steps = self.T / self.num_fixed_steps, self.num_fixed_steps + 16
-        adjoint = diffrax.BacksolveAdjoint(solver=solver, stepsize_controller=backward_controller)
+        if self.adjoint == "backsolve":
+            adjoint = diffrax.BacksolveAdjoint(solver=solver, stepsize_controller=backward_controller)
+        else:  # diffrax's default: backpropagation through the steps, recomputed from checkpoints
+            adjoint = diffrax.RecursiveCheckpointAdjoint()
+            max_steps = min(max_steps, CHECKPOINTED_MAX_STEPS)
         term = diffrax.ODETerm(vector_field)
 
         def loss(params, y0):
@@ -325,7 +336,8 @@ class DiffraxCase:
         return self._nfe
 
 
-def make_case(torch_mlp, y0, method, T, rtol=1e-6, atol=1e-6, step_size=None) -> DiffraxCase:
+def make_case(torch_mlp, y0, method, T, rtol=1e-6, atol=1e-6, step_size=None,
+              adjoint="backsolve") -> DiffraxCase:
     """Build and compile the diffrax counterpart of one benchmark configuration.
 
     **Arguments:**
@@ -341,6 +353,9 @@ def make_case(torch_mlp, y0, method, T, rtol=1e-6, atol=1e-6, step_size=None) ->
     - `rtol`, `atol`: tolerances of dopri5's forward and backward solves (unused by rk4).
     - `step_size`: rk4's step; the solve takes ``ceil(T / step_size)`` equal steps, as helpers
       does. Must be ``None`` for dopri5.
+    - `adjoint`: ``"backsolve"`` (``diffrax.BacksolveAdjoint``, the continuous adjoint, beside
+      ``helpers.odeint_adjoint``) or ``"recursive_checkpoint"`` (diffrax's default
+      ``RecursiveCheckpointAdjoint``, beside backpropagation through ``helpers.odeint``).
 
     **Returns:** a :class:`DiffraxCase`, already compiled (its ``compile_seconds`` is set).
     """
@@ -350,6 +365,8 @@ def make_case(torch_mlp, y0, method, T, rtol=1e-6, atol=1e-6, step_size=None) ->
         raise ImportError("make_case needs jax and diffrax: pip install -r benchmarks/requirements-diffrax.txt")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if adjoint not in ADJOINTS:
+        raise ValueError(f"adjoint must be one of {ADJOINTS}, got {adjoint!r}")
     params = _mlp_weights(torch_mlp)
     if not isinstance(y0, torch.Tensor):
         raise TypeError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
@@ -378,7 +395,7 @@ def make_case(torch_mlp, y0, method, T, rtol=1e-6, atol=1e-6, step_size=None) ->
         raise ValueError(f"step_size is for rk4; dopri5 chooses its own steps, got step_size={step_size!r}")
     y0_np = np.asarray(y0.detach().cpu().numpy(), dtype=np.float32)
     return DiffraxCase(params, y0_np, method, float(T), float(rtol), float(atol),
-                       None if step_size is None else float(step_size), num_fixed_steps)
+                       None if step_size is None else float(step_size), num_fixed_steps, adjoint)
 
 
 # --- self-check -----------------------------------------------------------------------------
@@ -474,10 +491,13 @@ def _self_check(repeats=20):
     failures = []
     if not step_err < min(1e-5, gap / 10):
         failures.append("rk4 step")
-    configs = [("dopri5", 10.0, None), ("rk4", 1.0, 0.01)]
+    configs = [("dopri5", 10.0, None, "backsolve"), ("rk4", 1.0, 0.01, "backsolve"),
+               ("dopri5", 10.0, None, "recursive_checkpoint"), ("rk4", 1.0, 0.01, "recursive_checkpoint")]
     print(f"jax {jax.__version__}, diffrax {diffrax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}")
-    for method, T, step_size in configs:
-        case = make_case(func, y0, method, T, rtol=1e-6, atol=1e-6, step_size=step_size)
+    for method, T, step_size, adjoint in configs:
+        case = make_case(func, y0, method, T, rtol=1e-6, atol=1e-6, step_size=step_size, adjoint=adjoint)
+        # the helpers counterpart: the continuous adjoint, or backpropagation through the steps
+        solve = helpers.odeint_adjoint if adjoint == "backsolve" else helpers.odeint
         loss, grads = case.run()
         times = []
         busy0 = _thread_seconds()
@@ -493,15 +513,15 @@ def _self_check(repeats=20):
 
         def helpers_run():
             func.zero_grad(set_to_none=True)
-            ys = helpers.odeint_adjoint(func, y0, torch.tensor([0.0, T]), rtol=1e-6, atol=1e-6,
-                                        method=method, options=options)
+            ys = solve(func, y0, torch.tensor([0.0, T]), rtol=1e-6, atol=1e-6, method=method,
+                       options=options)
             out = (ys[-1] ** 2).mean()
             out.backward()
             return float(out.detach()), [p.grad.detach().numpy().copy() for p in func.parameters()]
 
         ref_loss, ref_grads = helpers_run()
-        ys = helpers.odeint_adjoint(func, y0, torch.tensor([0.0, T]), rtol=1e-6, atol=1e-6,
-                                    method=method, options=options, stats=stats)
+        ys = solve(func, y0, torch.tensor([0.0, T]), rtol=1e-6, atol=1e-6, method=method,
+                   options=options, stats=stats)
         (ys[-1] ** 2).mean().backward()
         helpers_times = []
         for _ in range(5):
@@ -510,7 +530,7 @@ def _self_check(repeats=20):
             helpers_times.append(time.perf_counter() - t0)
         nfe = case.nfe()
         diff = _rel_diff(grads, ref_grads)
-        label = f"{method} T={T:g}" + ("" if step_size is None else f" h={step_size:g}")
+        label = f"{method} T={T:g}" + ("" if step_size is None else f" h={step_size:g}") + f", {adjoint}"
         print(f"\n{label}: compile {case.compile_seconds:.2f} s; run median {1e3 * statistics.median(times):.2f} ms "
               f"over {repeats} (threads wanting a CPU, mean: {busy}); "
               f"helpers eager median {1e3 * statistics.median(helpers_times):.2f} ms over 5")

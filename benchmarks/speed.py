@@ -4,9 +4,12 @@
     python benchmarks/speed.py --problem L     # problem L (hidden 512, batch 4096), on CUDA if present
 
 Each case is timed for helpers (eager), torchdiffeq, helpers' compiled mode (``compiled=``; its
-first call, compilation included, is reported separately) and, on the CPU when JAX and diffrax
-are installed (``pip install -r benchmarks/requirements-diffrax.txt``, optional), diffrax on the
-identical problem (weights copied from the PyTorch model; see diffrax_problem.py).
+first call, compilation included, is reported separately, cold (an empty inductor cache) and warm
+(in-memory caches dropped, inductor's on-disk cache kept, as after a kernel restart)) and, on the
+CPU when JAX and diffrax are installed (``pip install -r benchmarks/requirements-diffrax.txt``,
+optional), diffrax on the identical problem (weights copied from the PyTorch model; see
+diffrax_problem.py): its ``BacksolveAdjoint`` beside the adjoint cases, its default
+``RecursiveCheckpointAdjoint`` beside the backprop ones.
 
 Runs alternate A B B A ... so that drift in the machine's speed hits both libraries alike. Each row
 reports the median forward+backward time of each library, the median of the pairwise ratios
@@ -56,6 +59,7 @@ CASES = [
     ("adjoint dopri5 T=10", True, "dopri5", 10.0, None),
     ("adjoint rk4 h=0.01 T=1", True, "rk4", 1.0, dict(step_size=0.01)),
     ("backprop dopri5 T=10", False, "dopri5", 10.0, None),
+    ("backprop rk4 h=0.01 T=1", False, "rk4", 1.0, dict(step_size=0.01)),
 ]
 
 
@@ -172,8 +176,15 @@ def make_runners(func, y0, adjoint, method, T, options, compile_mode, diffrax_mo
             return run_once(helpers, func, y0, adjoint, method, T, options, compiled=compile_mode)
         seconds, _ = timed(compiled, y0.device)  # the first call compiles the step (forward and backward)
         add("helpers compiled", compiled, seconds)
-    if diffrax_module is not None and adjoint:
-        case = diffrax_module.make_case(func, y0, method, T, rtol=1e-6, atol=1e-6, step_size=step_size)
+        # again after dropping what this process holds in memory: inductor's cache on disk is
+        # warm, as for a reader who restarts the kernel (a new Colab session starts cold)
+        from helpers import steppers
+        torch._dynamo.reset()
+        steppers._CACHE.clear()
+        runners["helpers compiled warm"] = (timed(compiled, y0.device)[0], None)
+    if diffrax_module is not None:
+        case = diffrax_module.make_case(func, y0, method, T, rtol=1e-6, atol=1e-6, step_size=step_size,
+                                        adjoint="backsolve" if adjoint else "recursive_checkpoint")
 
         def diffrax_run():
             _, grads = case.run()
@@ -214,9 +225,9 @@ def main(argv=None):
     rows = []
     for name, adjoint, method, T, options in CASES:
         runners = make_runners(func, y0, adjoint, method, T, options, compile_mode, diffrax_module)
-        names = list(runners)
-        for _, fn, *_ in runners.values():  # warm-up, and the gradients to compare
-            fn()
+        names = [k for k, v in runners.items() if v[1] is not None]  # the timed ones
+        for key in names:  # warm-up, and the gradients to compare
+            runners[key][1]()
         times = {k: [] for k in names}
         grads = {}
         for i in range(args.repeats):
@@ -259,6 +270,8 @@ def main(argv=None):
             compiled_mode=compile_mode,
             compiled_ms=median_ms("helpers compiled"),
             compiled_first_call_s=runners["helpers compiled"][0] if "helpers compiled" in runners else None,
+            compiled_first_call_warm_s=(runners["helpers compiled warm"][0]
+                                        if "helpers compiled warm" in runners else None),
             compiled_over_eager=ratio("helpers compiled", "helpers") if "helpers compiled" in runners else None,
             compiled_over_torchdiffeq=(ratio("helpers compiled", "torchdiffeq")
                                        if "helpers compiled" in runners else None),
@@ -369,12 +382,16 @@ def compiled_table(header, rows):
         f"Profile: entering any compiled function costs {header['compiled_call_us']:.1f} µs (a trivial one, "
         f"timed); one rk4 step (4 evaluations of f, no gradient) takes {header['compiled_rk4_step_us']:.1f} µs "
         f"compiled and {header['eager_rk4_step_us']:.1f} µs eager. Fixed-step solvers (rk4 here) take "
-        f"{header['chain_length']} steps per compiled call, adaptive ones one.",
+        f"{header['chain_length']} steps per compiled call where the steps are differentiated (backprop), "
+        "and on the CPU each interval between requested times in one call where they are not (both solves "
+        "of the adjoint); adaptive ones take one step per call. First call warm: the same after dropping "
+        "the in-memory caches, inductor's on-disk cache kept (a kernel restart).",
         "",
         "| case | helpers eager ms | helpers compiled ms | compiled / eager | compiled / torchdiffeq | diffrax ms "
-        "| compiled / diffrax | eager / diffrax | first call s, compiled | compile s, diffrax | NFE fwd/bwd diffrax "
+        "| compiled / diffrax | eager / diffrax | first call s, compiled | first call s, warm | compile s, diffrax "
+        "| NFE fwd/bwd diffrax "
         "| gradient rel. diff compiled vs eager | gradient rel. diff vs diffrax |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
@@ -382,12 +399,13 @@ def compiled_table(header, rows):
             f"{fmt(r['compiled_over_eager'], '.2f')} | {fmt(r['compiled_over_torchdiffeq'], '.2f')} | "
             f"{fmt(r['diffrax_ms'], '.2f')} | {fmt(r['compiled_over_diffrax'], '.2f')} | "
             f"{fmt(r['eager_over_diffrax'], '.2f')} | {fmt(r['compiled_first_call_s'], '.1f')} | "
-            f"{fmt(r['diffrax_compile_s'], '.1f')} | {r['diffrax_nfe'] or '-'} | "
+            f"{fmt(r.get('compiled_first_call_warm_s'), '.1f')} | {fmt(r['diffrax_compile_s'], '.1f')} | {r['diffrax_nfe'] or '-'} | "
             f"{fmt(r['compiled_grad_rel_diff_eager'], '.1e')} | {fmt(r['diffrax_grad_rel_diff'], '.1e')} |"
         )
     if diffrax:
-        lines += ["", "diffrax runs only the adjoint cases (its BacksolveAdjoint); its gradients are compared with "
-                  "the compiled mode's."]
+        lines += ["", "diffrax: BacksolveAdjoint (the continuous adjoint) in the adjoint cases, its default "
+                  "RecursiveCheckpointAdjoint (backpropagation through its steps, recomputed from checkpoints) in "
+                  "the backprop ones; its gradients are compared with the compiled mode's."]
     return lines
 
 

@@ -229,15 +229,20 @@ def _integrate_fixed(stepper, y0, t, settings: SolverSettings, counter: StepCoun
     # Steps carry gradients to t only when someone asks for them; otherwise a float step size
     # lets each stage be formed with fused adds.
     t_needs_grad = t.requires_grad and torch.is_grad_enabled()
-    # a compiled stepper can take several steps in one call (see helpers.steppers.CHAIN_LENGTH)
+    # a compiled stepper can take several steps in one call (see helpers.steppers.CHAIN_LENGTH),
+    # or, where no gradient flows through the solve, a whole interval (CompiledStepper.loop)
     chain = 0 if callbacks else getattr(stepper, "chain_length", None) or 0
+    loops = chain and not torch.is_grad_enabled() and getattr(stepper, "loops", False)
     perturb = (True, True) if settings.perturb else None
     for i, n in enumerate(counts):
         start = t[i]
         h = (t[i + 1] - start) / n if t_needs_grad else (t_list[i + 1] - t_list[i]) / n
         j = 0
         while j < n:
-            if chain and n - j >= chain:
+            if loops:
+                y, nfe = stepper.loop(start, y, h, n)
+                j = n
+            elif chain and n - j >= chain:
                 times = torch.stack([start + k * h if k else start for k in range(j, j + chain)])
                 y, nfe = stepper.chain(times, y, h)
                 j += chain
@@ -453,6 +458,14 @@ def _integrate_adaptive(func, stepper, y0, t, settings: SolverSettings, counter:
                               direction, error_numel, counter,
                               settings.norm if callable(settings.norm) else None)
 
+    if (getattr(stepper, "loop_spec", None) is not None and not callbacks and not stops
+            and not torch.is_grad_enabled()):
+        # a compiled stepper on the CPU, no gradient through the solve: the whole loop compiled
+        from .adaptive_loop import solve_in_one_call
+        out = solve_in_one_call(stepper, settings, t, y, f0, h_abs, direction, counter)
+        if out is not None:
+            return out
+        # it stopped short: the eager loop below retakes the solve and reports why
     ys: List[torch.Tensor] = [y0]
     next_out = 1
     steps = 0

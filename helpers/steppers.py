@@ -12,7 +12,10 @@ number of evaluations made.
   as one function: all stages, the error estimate and the state update become one graph. Python
   keeps only the decision to accept or reject a step, which reads the ratio (one number per step).
   Fixed-step methods accept every step, so their compiled stepper also offers
-  :meth:`CompiledStepper.chain`: ``CHAIN_LENGTH`` steps in one compiled call.
+  :meth:`CompiledStepper.chain`: ``CHAIN_LENGTH`` steps in one compiled call, and, on the CPU
+  where nothing needs a gradient (both solves of the adjoint), :meth:`CompiledStepper.loop`:
+  all the steps between two requested times in one compiled call, a ``while_loop`` whose
+  count is a tensor, so that one graph serves every interval.
 
 The compiled functions are cached per method, tolerances and mode, so a training loop compiles on
 its first iteration and never again while shapes stay the same. Steps and times are passed as
@@ -227,6 +230,54 @@ def _adjoint_chain_body(tableau, length, shape, names):
     return chain
 
 
+def _while_loop():
+    """torch's ``while_loop`` higher-order op, or ``None`` where this torch lacks it."""
+    try:
+        from torch._higher_order_ops.while_loop import while_loop
+    except ImportError:  # pragma: no cover - present in every torch the project supports
+        return None
+    return while_loop
+
+
+def _steps_loop(field_of, tableau):
+    # n steps of size h from `start`: the i-th at start + i·h, formed as the eager loop forms
+    # it (the offset i·h in float64, then added in the time's dtype). n is a tensor, so the
+    # graph does not depend on it: one compilation serves intervals of any number of steps.
+    while_loop = _while_loop()
+
+    def loop(func, extra, start, y, h, h64, n):
+        field = field_of(func, extra)
+
+        def more(i, y):
+            return i < n
+
+        def step(i, y):
+            t = start + (i.to(h64.dtype) * h64).to(start.dtype)
+            return i + 1, rk_step(field, tableau, t, y, h, None)[0]
+
+        first = torch.zeros((), dtype=torch.int64, device=y.device)
+        return while_loop(more, step, (first, y))[1]
+    return loop
+
+
+def _field_of_forward(func, extra):
+    return func
+
+
+def _field_of_adjoint(shape, names):
+    def field_of(func, params):
+        return augmented_field(func, params, shape, names)
+    return field_of
+
+
+def _forward_loop_body(tableau):
+    return _steps_loop(_field_of_forward, tableau)
+
+
+def _adjoint_loop_body(tableau, shape, names):
+    return _steps_loop(_field_of_adjoint(shape, names), tableau)
+
+
 def _adjoint_body(tableau, rtol, atol, error_numel, shape, names):
     def step(func, params, t, y, h, k1):
         field = augmented_field(func, params, shape, names)
@@ -237,15 +288,35 @@ def _adjoint_body(tableau, rtol, atol, error_numel, shape, names):
 class CompiledStepper:
     """A Runge–Kutta step compiled by ``torch.compile``; see :func:`compiled_stepper`.
 
-    Fixed-step methods also get :meth:`chain`, ``chain_length`` steps in one compiled call.
+    Fixed-step methods also get :meth:`chain`, ``chain_length`` steps in one compiled call, and
+    on the CPU :meth:`loop`, any number of steps in one compiled call (``loops`` is then true).
 
     Introduced in the chapter "Training a Neural ODE with the adjoint".
     """
 
     def __init__(self, fn: Callable, args: tuple, tableau: ButcherTableau, cuda_graphs: bool = False,
-                 chain_fn: Optional[Callable] = None, chain_length: Optional[int] = None):
+                 chain_fn: Optional[Callable] = None, chain_length: Optional[int] = None,
+                 loop_fn: Optional[Callable] = None, loop_spec: Optional[dict] = None):
         self.fn, self.args, self.tableau, self.cuda_graphs = fn, args, tableau, cuda_graphs
-        self.chain_fn, self.chain_length = chain_fn, chain_length
+        self.chain_fn, self.chain_length, self.loop_fn = chain_fn, chain_length, loop_fn
+        # what helpers.adaptive_loop needs to compile a whole adaptive solve (None: not here)
+        self.loop_spec = loop_spec
+        self.loops = loop_fn is not None or loop_spec is not None
+
+    def loop(self, start: torch.Tensor, y: torch.Tensor, h: float, n: int) -> Tuple[torch.Tensor, int]:
+        """Take ``n`` steps of size ``h`` from ``y`` at time ``start``, in one compiled call.
+
+        For solves that need no gradient (the compiled ``while_loop`` is not differentiated):
+        the adjoint's forward and backward solves.
+
+        **Returns:** the new state and the number of evaluations made.
+        """
+        h_t = torch.tensor(h, dtype=start.dtype, device=start.device)
+        h64 = torch.tensor(h, dtype=torch.float64, device=start.device)
+        count = torch.tensor(n, dtype=torch.int64, device=start.device)
+        extra = self.args[1] if len(self.args) > 1 else ()
+        y_new = self.loop_fn(self.args[0], extra, start, y, h_t, h64, count)
+        return y_new, n * self.tableau.stages
 
     def chain(self, ts: torch.Tensor, y: torch.Tensor, h) -> Tuple[torch.Tensor, int]:
         """Take ``chain_length`` steps of size ``h`` from ``y``, the i-th at time ``ts[i]``.
@@ -291,14 +362,23 @@ def compiled_stepper(func: Callable, tableau: ButcherTableau, rtol: float, atol:
     Introduced in the chapter "Training a Neural ODE with the adjoint".
     """
     chain = None if tableau.adaptive else CHAIN_LENGTH
-    chain_fn = None
+    chain_fn = loop_fn = None
+    # whole solves in one call: on the CPU only (a CUDA graph cannot hold a loop whose count is
+    # read on the host, and there it is untested)
+    loops = device_type == "cpu" and _while_loop() is not None
+    spec = dict(rtol=rtol, atol=atol, error_numel=error_numel, mode=mode, device_type=device_type)
     if adjoint_of is None:
         key = ("forward", tableau.name, rtol, atol, error_numel, mode, device_type)
         fn = _compiled(key, _forward_body(tableau, rtol, atol, error_numel), mode, device_type)
         if chain:
             chain_fn = _compiled(("forward chain", tableau.name, chain, mode, device_type),
                                  _forward_chain_body(tableau, chain), mode, device_type)
-        return CompiledStepper(fn, (func,), tableau, _uses_cuda_graphs(mode), chain_fn, chain)
+        if loops and chain:
+            loop_fn = _compiled(("forward loop", tableau.name, mode, device_type),
+                                _forward_loop_body(tableau), mode, device_type)
+        spec.update(key=("forward",), field_of=_field_of_forward)
+        return CompiledStepper(fn, (func,), tableau, _uses_cuda_graphs(mode), chain_fn, chain, loop_fn,
+                               spec if loops and not chain else None)
     params, shape = adjoint_of
     names = parameter_names(func, params)
     key = ("adjoint", tableau.name, rtol, atol, error_numel, tuple(shape), names, mode, device_type)
@@ -307,7 +387,13 @@ def compiled_stepper(func: Callable, tableau: ButcherTableau, rtol: float, atol:
     if chain:
         chain_fn = _compiled(("adjoint chain", tableau.name, chain, tuple(shape), names, mode, device_type),
                              _adjoint_chain_body(tableau, chain, torch.Size(shape), names), mode, device_type)
-    return CompiledStepper(fn, (func, tuple(params)), tableau, _uses_cuda_graphs(mode), chain_fn, chain)
+    if loops and chain:
+        loop_fn = _compiled(("adjoint loop", tableau.name, tuple(shape), names, mode, device_type),
+                            _adjoint_loop_body(tableau, torch.Size(shape), names), mode, device_type)
+    spec.update(key=("adjoint", tuple(shape), names),
+                field_of=_field_of_adjoint(torch.Size(shape), names))
+    return CompiledStepper(fn, (func, tuple(params)), tableau, _uses_cuda_graphs(mode), chain_fn, chain,
+                           loop_fn, spec if loops and not chain else None)
 
 
 def _uses_cuda_graphs(mode: str) -> bool:

@@ -130,35 +130,60 @@ def test_compiled_is_really_compiled():
 
 
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
-def test_fixed_steps_run_in_chains(monkeypatch, solver):
-    """Fixed-step solves take CHAIN_LENGTH steps per compiled call and single steps for the rest.
+def test_fixed_steps_run_in_chains_or_whole_intervals(monkeypatch, solver):
+    """Fixed-step solves on the CPU: a whole interval per compiled call where no gradient flows
+    through the solve (both solves of the adjoint), else CHAIN_LENGTH steps per call and single
+    steps for the rest (backprop through the compiled steps).
 
     With step 0.05 the intervals [0, 0.4] and [0.4, 1] hold 8 and 12 steps: one chain of 5 and 3
-    single steps, then two chains and 2 single steps, in each direction of the adjoint.
+    single steps, then two chains and 2 single steps; or one loop per interval.
     """
     from helpers import steppers
     assert steppers.CHAIN_LENGTH == 5
-    calls = {"chain": 0, "step": 0}
-    chain, step = steppers.CompiledStepper.chain, steppers.CompiledStepper.__call__
+    calls = {"loop": 0, "chain": 0, "step": 0}
+    loop, chain = steppers.CompiledStepper.loop, steppers.CompiledStepper.chain
+    step = steppers.CompiledStepper.__call__
 
-    def counted_chain(self, *args):
-        calls["chain"] += 1
-        return chain(self, *args)
+    def counted(name, method):
+        def call(self, *args):
+            calls[name] += 1
+            return method(self, *args)
+        return call
 
-    def counted_step(self, *args):
-        calls["step"] += 1
-        return step(self, *args)
-
-    monkeypatch.setattr(steppers.CompiledStepper, "chain", counted_chain)
-    monkeypatch.setattr(steppers.CompiledStepper, "__call__", counted_step)
+    monkeypatch.setattr(steppers.CompiledStepper, "loop", counted("loop", loop))
+    monkeypatch.setattr(steppers.CompiledStepper, "chain", counted("chain", chain))
+    monkeypatch.setattr(steppers.CompiledStepper, "__call__", counted("step", step))
     func, y0, t, weights = problem("cpu")
     _, _, stats = solve_and_grad(SOLVERS[solver], func, y0, t, weights, True, **SETTINGS["rk4"])
-    solves = 2 if solver == "odeint_adjoint" else 1  # the adjoint solves forward and backward
-    assert calls == {"chain": 3 * solves, "step": 5 * solves}
+    if solver == "odeint_adjoint":  # two intervals, forward and backward
+        assert calls == {"loop": 4, "chain": 0, "step": 0}
+        # plus f once at each requested time, for dL/dt there
+        assert stats.nfe_backward == 4 * 20 + len(t)
+    else:
+        assert calls == {"loop": 0, "chain": 3, "step": 5}
     # odeint with t requiring grad evaluates f once more per requested time (the boundary form
     # of the time gradients, helpers.odeint.times_by_boundary_form)
     extra = len(t) if solver == "odeint" else 0  # solve_and_grad asks for dL/dt
     assert stats.nfe_forward == 4 * 20 + extra
+
+
+def test_one_loop_graph_serves_intervals_of_any_length():
+    """The step count is a tensor: intervals of 3, 7 and 20 steps, forward and backward, share
+    one graph each way, and each interval's end equals the eager solve's."""
+    torch.manual_seed(0)
+    func = MLP((2, 8, 2), dtype=F64)
+    y0 = torch.randn(4, 2, dtype=F64)
+    t = torch.tensor([0.0, 0.3, 1.0, 3.0], dtype=F64)
+    kw = dict(method="rk4", options=dict(step_size=0.1))
+    with torch.no_grad():
+        eager = helpers.odeint(func, y0, t, **kw)
+        compiled = helpers.odeint(func, y0, t, compiled=True, **kw)
+        graphs = _dynamo_graphs()
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            again = helpers.odeint(func, y0 + 1, t.flip(0) - 5, compiled=True, **kw)
+            eager_again = helpers.odeint(func, y0 + 1, t.flip(0) - 5, **kw)
+    assert _dynamo_graphs() == graphs
+    assert rel_err(compiled, eager) < 1e-12 and rel_err(again, eager_again) < 1e-12
 
 
 @pytest.mark.parametrize("value,error,match", [
