@@ -35,6 +35,8 @@ def adaptive_loop_body(field_of: Callable, tableau, rtol: float, atol: float, er
     and the first step size ``h_abs`` (float64). ``field_of(func, extra)`` gives the field to
     step. Returns the states at ``t`` and ``counts = [evaluations, accepted, rejected, reached]``
     (``reached`` is 1 when the solve got to the end).
+
+    Used in the chapter "Training a Neural ODE with the adjoint" (the compiled mode).
     """
     while_loop = _while_loop()
     exponent = -1.0 / (tableau.error_order + 1)
@@ -111,13 +113,13 @@ def adaptive_loop_body(field_of: Callable, tableau, rtol: float, atol: float, er
     return loop
 
 
-def settings_key(settings, direction: float, eps: float) -> tuple:
+def _settings_key(settings, direction: float, eps: float) -> tuple:
     """What the compiled loop depends on besides the method and tolerances (part of its cache key)."""
     return (direction, eps, settings.min_step, settings.max_step, settings.safety, settings.min_factor,
             settings.max_factor, settings.max_num_steps)
 
 
-def loop_arguments(settings, direction: float, eps: float) -> dict:
+def _loop_arguments(settings, direction: float, eps: float) -> dict:
     """The keyword arguments of :func:`adaptive_loop_body` taken from ``settings``."""
     return dict(direction=direction, eps=eps, min_step=settings.min_step,
                 max_step=settings.max_step if math.isfinite(settings.max_step) else 1e300,
@@ -133,6 +135,8 @@ def solve_in_one_call(stepper, settings, t: torch.Tensor, y0: torch.Tensor, f0: 
     finds them. **Returns:** the states at ``t``, with the evaluations and steps added to
     ``counter``; or ``None`` (nothing added) if the loop stopped before the end, so that the
     caller's eager loop can take over and raise its error.
+
+    Used in the chapter "Training a Neural ODE with the adjoint" (the compiled mode).
     """
     from .steppers import _compiled
 
@@ -140,9 +144,9 @@ def solve_in_one_call(stepper, settings, t: torch.Tensor, y0: torch.Tensor, f0: 
     eps = torch.finfo(y0.dtype).eps
     tableau = stepper.tableau
     key = (("adaptive loop", tableau.name, spec["rtol"], spec["atol"], spec["error_numel"]) + spec["key"]
-           + settings_key(settings, direction, eps) + (spec["mode"], spec["device_type"]))
+           + _settings_key(settings, direction, eps) + (spec["mode"], spec["device_type"]))
     body = adaptive_loop_body(spec["field_of"], tableau, spec["rtol"], spec["atol"], spec["error_numel"],
-                              **loop_arguments(settings, direction, eps))
+                              **_loop_arguments(settings, direction, eps))
     fn = _compiled(key, body, spec["mode"], spec["device_type"])
     extra = stepper.args[1] if len(stepper.args) > 1 else ()
     h0 = torch.tensor(h_abs, dtype=torch.float64, device=y0.device)
