@@ -203,9 +203,15 @@ def main(argv=None):
                         help="torch.compile mode for the 'helpers compiled' rows: default, reduce-overhead, ..., "
                              "or 'none' (auto: default on the CPU, reduce-overhead on CUDA)")
     parser.add_argument("--no-diffrax", action="store_true", help="leave diffrax out even if it is installed")
+    parser.add_argument("--no-whole-solves", action="store_true",
+                        help="compiled mode without its whole-solve loops (a compiled call per step, or per "
+                             "CHAIN_LENGTH steps), to compare with them")
     parser.add_argument("--out", default=None, help="results file stem (default speed_<problem>_<device>)")
     args = parser.parse_args(argv)
 
+    if args.no_whole_solves:
+        from helpers import steppers
+        steppers._while_loop = lambda: None  # as where torch has no while_loop
     device = torch.device(args.device or ("cuda" if args.problem == "L" and torch.cuda.is_available() else "cpu"))
     torch.set_num_threads(args.threads)
     compile_mode = {"auto": "reduce-overhead" if device.type == "cuda" else "default", "none": None}.get(
@@ -300,6 +306,7 @@ def main(argv=None):
         compiled_rk4_step_us=None if step_costs[1] is None else 1e6 * step_costs[1],
         eager_rk4_step_us=None if step_costs[2] is None else 1e6 * step_costs[2],
         chain_length=CHAIN_LENGTH,  # fixed-step solvers: steps per compiled call
+        whole_solves=not args.no_whole_solves,  # the adjoint's solves as one compiled while_loop each
         diffrax=None if diffrax_module is None else diffrax_module.versions(),
     )
     table = format_table(header, rows)
