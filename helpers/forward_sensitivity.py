@@ -105,8 +105,8 @@ class _ForwardSensitivityFunction(torch.autograd.Function):
             counter.add_to(stats)
         S = states[:, n:].reshape(len(t), m, *shape)
         stats.sensitivity_directions = m
-        stats.jvps_forward = getattr(stats, "jvps_forward", 0) + counter.nfe * m
-        stats.sensitivity_bytes = getattr(stats, "sensitivity_bytes", 0) + S.numel() * S.element_size()
+        stats.jvps_forward += counter.nfe * m
+        stats.sensitivity_bytes += S.numel() * S.element_size()
         ctx.m_z, ctx.sizes, ctx.batched = m_z, sizes, batched
         ctx.param_meta = [(p.shape, p.dtype) for p in params]
         ctx.save_for_backward(S)

@@ -79,8 +79,8 @@ class _InterpolatedAdjointFunction(torch.autograd.Function):
                 dense = recorder.finish(func, counter)
         finally:
             counter.add_to(stats)
-        stats.dense_steps = getattr(stats, "dense_steps", 0) + dense.steps
-        stats.dense_bytes = getattr(stats, "dense_bytes", 0) + dense.nbytes
+        stats.dense_steps += dense.steps
+        stats.dense_bytes += dense.nbytes
         ctx.func, ctx.adjoint_settings, ctx.stats, ctx.params, ctx.dense = (
             func, adjoint_settings, stats, params, dense)
         ctx.adjoint_options = {"norm": adjoint_settings.norm, "reconstruct": "interpolate"}

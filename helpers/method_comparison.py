@@ -196,7 +196,7 @@ def kept_bytes(method: str, func: Callable, y0: torch.Tensor, t: torch.Tensor,
         kwargs["adjoint_params"] = params
     stats = SolveStats()
     kept = graph_memory(lambda: loss(solve(func, y0, t, stats=stats, **kwargs)[-1]))
-    return kept + getattr(stats, "dense_bytes", 0)
+    return kept + stats.dense_bytes
 
 
 def measure(method: str, func: Callable, y0: torch.Tensor, t: torch.Tensor,

@@ -34,6 +34,14 @@ class SolveStats:
     the lower median for an even batch, and of the sample that took the most; summed over the
     solves that share this object, like the other counts).
 
+    Two methods of computing the gradient add their own counts (chapter "Choosing a gradient
+    method, by measurement"): the interpolating adjoint (``adjoint_options=dict(reconstruct=
+    "interpolate")``) fills in `dense_steps` and `dense_bytes` (the forward steps whose dense
+    output it keeps, and the bytes they take); forward sensitivity (``gradient="forward"``)
+    fills in `sensitivity_directions` (d + p, the columns of the sensitivity carried along),
+    `jvps_forward` (Jacobian–vector products: evaluations of the sensitivity field times the
+    directions) and `sensitivity_bytes` (the sensitivities kept at the requested times).
+
     Introduced in the chapter "Neural ODEs and the forward pass".
     """
 
@@ -51,6 +59,11 @@ class SolveStats:
     sample_steps_slowest_forward: int = 0
     sample_steps_median_backward: int = 0
     sample_steps_slowest_backward: int = 0
+    dense_steps: int = 0
+    dense_bytes: int = 0
+    sensitivity_directions: int = 0
+    jvps_forward: int = 0
+    sensitivity_bytes: int = 0
 
     def __str__(self) -> str:
         text = (
@@ -65,6 +78,11 @@ class SolveStats:
                 f"median {self.sample_steps_median_forward}, slowest {self.sample_steps_slowest_forward}; "
                 f"backward median {self.sample_steps_median_backward}, slowest {self.sample_steps_slowest_backward}"
             )
+        if self.dense_steps:
+            text += f"; dense output kept for {self.dense_steps} steps, {self.dense_bytes} bytes"
+        if self.sensitivity_directions:
+            text += (f"; forward sensitivity: {self.sensitivity_directions} directions, "
+                     f"{self.jvps_forward} Jacobian-vector products, {self.sensitivity_bytes} bytes kept")
         return text
 
 
