@@ -230,11 +230,20 @@ def _adjoint_chain_body(tableau, length, shape, names):
     return chain
 
 
+# The oldest torch whose inductor compiled these loops in the tests (2.13). Colab's 2.9 has the
+# op, but its CPU lowering failed on the adaptive loop (LoweringException: Pointwise); there the
+# compiled mode keeps a call per step, or per CHAIN_LENGTH steps.
+WHILE_LOOP_SINCE = (2, 13)
+
+
 def _while_loop():
-    """torch's ``while_loop`` higher-order op, or ``None`` where this torch lacks it."""
+    """torch's ``while_loop`` higher-order op, or ``None`` where this torch cannot compile it."""
+    version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    if version < WHILE_LOOP_SINCE:
+        return None
     try:
         from torch._higher_order_ops.while_loop import while_loop
-    except ImportError:  # pragma: no cover - present in every torch the project supports
+    except ImportError:  # pragma: no cover - present since torch 2.3
         return None
     return while_loop
 

@@ -17,6 +17,9 @@ from helpers.errors import SolveError
 from helpers.models import MLP
 
 F64 = torch.float64
+# torch older than steppers.WHILE_LOOP_SINCE (Colab's 2.9) compiles a call per step instead:
+# the same numbers, other calls
+LOOPS = steppers._while_loop() is not None
 
 
 def problem(dtype=F64):
@@ -68,8 +71,10 @@ def test_adaptive_adjoint_runs_each_solve_in_one_call(monkeypatch, method):
     ys_e, g_e, st_e = adjoint_run(func, y0, t, False, **kw)
     calls = counting(monkeypatch)
     ys_c, g_c, st_c = adjoint_run(func, y0, t, True, **kw)
-    # one forward solve over all of t, one backward solve per interval
-    assert calls == {"adaptive loop": 1 + (len(t) - 1), "step": 0}
+    if LOOPS:  # one forward solve over all of t, one backward solve per interval
+        assert calls == {"adaptive loop": 1 + (len(t) - 1), "step": 0}
+    else:
+        assert calls["adaptive loop"] == 0 and calls["step"] > 0
     assert rel_err(ys_c, ys_e) < 1e-12
     for a, b in zip(g_c, g_e):
         assert rel_err(a, b) < 1e-10
@@ -101,7 +106,7 @@ def test_a_solve_the_loop_cannot_finish_raises_the_eager_error(monkeypatch):
     calls = counting(monkeypatch)
     with pytest.raises(SolveError) as compiled:
         helpers.odeint_adjoint(func, y0, t, compiled=True, **kw)
-    assert calls["adaptive loop"] == 1 and calls["step"] > 0  # tried whole, then step by step
+    assert calls["adaptive loop"] == LOOPS and calls["step"] > 0  # whole, then step by step
     assert str(compiled.value) == str(eager.value)
     assert "max_num_steps=5" in str(compiled.value)
 
