@@ -317,6 +317,7 @@ def integrate_per_sample(func: Callable, y0: torch.Tensor, t: torch.Tensor, sett
     t_list = t.tolist()
     t_host = torch.tensor(t_list, dtype=_F64)
     direction = 1.0 if t_list[-1] > t_list[0] else -1.0
+    t_sorted = direction * t_host  # increasing: searchsorted counts the times a row has passed
     t_grad = t.requires_grad and torch.is_grad_enabled()
     call = _RowFunc(func, batch, counter)
 
@@ -359,26 +360,23 @@ def integrate_per_sample(func: Callable, y0: torch.Tensor, t: torch.Tensor, sett
             y_a, t_a, ht_a, hy_a = y[acc], t_dev[acc], h_t[acc], h_y[acc]
             y_new_a, ks_a, _ = _stages(call, tableau, t_a, y_a, f0[acc], ht_a, hy_a)
 
-        # outputs at the requested times that the accepted steps passed (or reached)
+        # outputs at the requested times that the accepted steps passed (or reached), all of
+        # this step's in one batch: pair j is accepted row sel[j] and requested time k[j]
         acc_host = accept.nonzero().squeeze(1)
-        t_new = ctl.t[acc_host]  # the accepted rows' times after their steps
         pending = next_out[acc_host]
         last_a = last[acc_host]
-        rows_a = ctl.rows[acc_host]  # their places in the batch
-        while True:
-            has = pending < n_out
-            due = has & (direction * (t_host[pending.clamp(max=n_out - 1)] - t_new) <= 0)
-            if not bool(due.any()):
-                break
-            sel = due.nonzero().squeeze(1)
-            k = pending[sel]
+        passed = torch.searchsorted(t_sorted, direction * ctl.t[acc_host], right=True)
+        count = (passed - pending).clamp(min=0)
+        if bool(count.any()):
+            sel = torch.repeat_interleave(torch.arange(len(count)), count)
+            first = torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+            k = pending[sel] + torch.arange(len(sel)) - first
             exact = last_a[sel] & (k == n_out - 1)
-            rows_batch = rows_a[sel]
+            place = ctl.rows[acc_host][sel] + batch * k
             for mask, is_exact in ((exact, True), (~exact, False)):
                 if not bool(mask.any()):
                     continue
-                s_host = sel[mask]
-                s = _index(s_host, device)
+                s = _index(sel[mask], device)
                 if is_exact:
                     val = y_new_a[s]
                 else:
@@ -386,9 +384,8 @@ def integrate_per_sample(func: Callable, y0: torch.Tensor, t: torch.Tensor, sett
                     theta = _rows(((tk - t_a[s]) / ht_a[s]).to(y.dtype), ndim)
                     val = interpolate(tableau, y_a[s], y_new_a[s], [x[s] for x in ks_a], hy_a[s], theta)
                 values.append(val)
-                places.append(_index(rows_batch[mask] + batch * k[mask], device))
-            pending[sel] += 1
-        next_out[acc_host] = pending
+                places.append(_index(place[mask], device))
+            next_out[acc_host] = pending + count
 
         # move the accepted rows on (out of place, so that backpropagation sees every step)
         t_next = t_a + ht_a
