@@ -281,13 +281,15 @@ def _stages(func, tableau, t_rows, y, k1, h_t, h_y):
     y_new = None
     for i in range(1, tableau.stages):
         incr = weighted_sum(tableau.a[i], ks)
-        y_i = y if incr is None else y + h_y * incr
+        y_i = y if incr is None else torch.addcmul(y, h_y, incr)  # one graph node, not two
         if tableau.fsal and i == tableau.stages - 1:
             y_new = y_i  # the last stage of an FSAL method is taken at the new state
         ks.append(func(t_rows + tableau.c[i] * h_t, y_i))
     if y_new is None:
-        y_new = y + h_y * weighted_sum(tableau.b, ks)
-    return y_new, ks, h_y * weighted_sum(tableau.b_err, ks)
+        y_new = torch.addcmul(y, h_y, weighted_sum(tableau.b, ks))
+    with torch.no_grad():  # the error estimate only steers the steps: no graph for it
+        error = h_y * weighted_sum(tableau.b_err, ks)
+    return y_new, ks, error
 
 
 def integrate_per_sample(func: Callable, y0: torch.Tensor, t: torch.Tensor, settings: SolverSettings,
@@ -373,16 +375,26 @@ def integrate_per_sample(func: Callable, y0: torch.Tensor, t: torch.Tensor, sett
             k = pending[sel] + torch.arange(len(sel)) - first
             exact = last_a[sel] & (k == n_out - 1)
             place = ctl.rows[acc_host][sel] + batch * k
+            # each accepted row passed one requested time: the pairs are the rows, no gather
+            one_each = len(sel) == len(count) and bool((count == 1).all())
             for mask, is_exact in ((exact, True), (~exact, False)):
                 if not bool(mask.any()):
                     continue
-                s = _index(sel[mask], device)
+                whole = one_each and bool(mask.all())
+                s = None if whole else _index(sel[mask], device)
                 if is_exact:
-                    val = y_new_a[s]
+                    val = y_new_a if whole else y_new_a[s]
                 else:
                     tk = t[_index(k[mask], device)]
-                    theta = _rows(((tk - t_a[s]) / ht_a[s]).to(y.dtype), ndim)
-                    val = interpolate(tableau, y_a[s], y_new_a[s], [x[s] for x in ks_a], hy_a[s], theta)
+                    if whole:
+                        y_s, y_new_s, ks_s, t_s, ht_s, hy_s = y_a, y_new_a, ks_a, t_a, ht_a, hy_a
+                    else:
+                        # the step's states in one gather: one node for backpropagation, not 9
+                        bundle = torch.stack([y_a, y_new_a, *ks_a])[:, s]
+                        y_s, y_new_s, *ks_s = bundle.unbind(0)
+                        t_s, ht_s, hy_s = t_a[s], ht_a[s], hy_a[s]
+                    theta = _rows(((tk - t_s) / ht_s).to(y.dtype), ndim)
+                    val = interpolate(tableau, y_s, y_new_s, ks_s, hy_s, theta)
                 values.append(val)
                 places.append(_index(place[mask], device))
             next_out[acc_host] = pending + count
@@ -531,7 +543,7 @@ def backward_interval_per_sample(func: Callable, params: Sequence[torch.Tensor],
         graph_last = None
         for i in range(1, stages):
             incr = weighted_sum(tableau.a[i], ks)
-            Y_i = Y if incr is None else Y + h_y * incr
+            Y_i = Y if incr is None else torch.addcmul(Y, h_y, incr)
             t_i = t_dev + c[i] * h_t
             final = i == stages - 1  # the FSAL stage: the next step's first
             weight = b[i] * h_w if theta_on and b[i] != 0 and not final else None
