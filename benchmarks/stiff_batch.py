@@ -1,6 +1,9 @@
-"""One stiff sample in a batch of 256: shared step size against per-sample step sizes.
+"""One stiff sample in a batch (256 rows unless --batch): shared step size against per-sample step sizes.
 
     python benchmarks/stiff_batch.py             # CPU, one thread, about a minute
+    python benchmarks/stiff_batch.py --batch 4096 --out stiff_batch_cpu_4096
+                                                 # the same with 4096 rows, where f's cost grows
+                                                 # with the rows (several minutes)
 
 The problem: the tanh MLP 2-64-2 of benchmarks/speed.py (helpers.models.MLP, seed 0), batch 256,
 float32, plus a per-row linear damping -k_i z carried in the state (rows [z1, z2, k_i], dk/dt = 0),
@@ -11,15 +14,16 @@ with outputs every 0.25 (see N_TIMES), loss mean(z(T)²).
 For odeint_adjoint and for odeint (backpropagation through the solver), each of torchdiffeq
 (shared step), helpers (shared step) and helpers with options={"per_sample_steps": True} runs
 forward+backward, alternating (A B C C B A ...) so that drift in the machine's speed hits all
-alike. Reported: median time, the median of the pairwise ratios against torchdiffeq, NFE (calls
-of f) forward/backward, sample-evaluations (rows evaluated, summed over calls, counted by wrapping
-f), accepted steps of the median and of the slowest sample (helpers), and the parameter gradients'
+alike. Reported: median time, the median of the pairwise ratios against torchdiffeq and against
+helpers' shared steps, NFE (calls of f) forward/backward, sample-evaluations (rows evaluated,
+summed over calls, counted by wrapping f), accepted steps of the median and of the slowest sample (helpers), and the parameter gradients'
 relative difference from torchdiffeq's at the same tolerance and from a float64 reference solved
 at rtol = atol = 1e-10 (fairer: the step sequences differ, so only the tight reference tells
-which is closer to the exact gradient).
+which is closer to the exact gradient; by backpropagation, or by the adjoint for more than 256
+rows). The header also records what one call of f costs on one row and on the whole batch.
 
-The table is printed and written to benchmarks/results/stiff_batch_cpu.md (and .json), which the
-book's performance appendix reads.
+The table is printed and written to benchmarks/results/stiff_batch_cpu.md (and .json; --out
+names another stem, as stiff_batch_cpu_4096), which the book's performance appendix reads.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import platform
 import statistics
 import sys
 import time
+import timeit
 
 import torch
 from torch import nn
@@ -113,22 +118,27 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="rounds of alternating runs per case")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=BATCH, help="rows in the batch (one of them stiff)")
+    parser.add_argument("--hidden", type=int, default=64, help="hidden units of the MLP")
     parser.add_argument("--out", default="stiff_batch_cpu", help="results file stem")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    mlp = MLP((2, 64, 2))
-    z0 = torch.randn(BATCH, 2)
+    mlp = MLP((2, args.hidden, 2))
+    z0 = torch.randn(args.batch, 2)
     func = Damped(mlp)
     reference_func = Damped(copy.deepcopy(mlp).double())
+    # backpropagation through the reference's float64 steps keeps every activation: fine for 256
+    # rows, tens of GB for 4096, where the reference is taken by the adjoint instead
+    reference_adjoint = args.batch > BATCH
     started = time.perf_counter()
 
     rows = []
     for batch_name, stiff in (("one stiff row", True), ("baseline (no stiff row)", False)):
         y0 = make_batch(z0, stiff)
         # the fairer yardstick: float64, shared steps, rtol = atol = 1e-10, backpropagation
-        reference, _, _ = run_once("helpers shared", reference_func, y0.double(), adjoint=False, tol=1e-10)
+        reference, _, _ = run_once("helpers shared", reference_func, y0.double(), adjoint=reference_adjoint, tol=1e-10)
         for adjoint in (True, False):
             mode = "adjoint" if adjoint else "backprop"
             results = {}
@@ -162,10 +172,13 @@ def main(argv=None):
                 else:
                     steps = None
                 ratios = [a / b for a, b in zip(r["times"], base["times"])]
+                # per-sample against shared steps, paired round by round like the ratios above
+                shared = [a / b for a, b in zip(r["times"], results["helpers shared"]["times"])]
                 rows.append(dict(
                     batch=batch_name, mode=mode, solver=solver,
                     ms=1e3 * statistics.median(r["times"]),
                     ratio_vs_torchdiffeq=statistics.median(ratios),
+                    ratio_vs_shared=statistics.median(shared) if solver.startswith("helpers") else None,
                     nfe_forward=r["fwd"][0], nfe_backward=r["bwd"][0] if adjoint else None,
                     sample_evals_forward=r["fwd"][1], sample_evals_backward=r["bwd"][1] if adjoint else None,
                     steps_median_forward=None if steps is None else steps[0],
@@ -177,11 +190,19 @@ def main(argv=None):
                 ))
             print(f"done: {batch_name}, {mode}", file=sys.stderr)
 
+    # what one call of f costs on one row and on the whole batch: per-sample steps save time only
+    # where the second is much larger than the first
+    f_us = {}
+    for n in (1, args.batch):
+        y = make_batch(z0[:n], False)
+        t0 = torch.zeros(())
+        f_us[n] = 1e6 * min(timeit.repeat(lambda: func(t0, y), number=50, repeat=5)) / 50
     header = dict(
-        device=platform.processor() or "cpu", device_type="cpu", threads=args.threads, batch=BATCH, hidden=64,
+        device=platform.processor() or "cpu", device_type="cpu", threads=args.threads, batch=args.batch, hidden=args.hidden,
         dtype="float32", method="dopri5", rtol=TOL, atol=TOL, T=T, n_times=N_TIMES, k_stiff=K_STIFF, repeats=args.repeats,
         torch=torch.__version__, torchdiffeq=getattr(torchdiffeq, "__version__", "?"),
         seconds=time.perf_counter() - started,
+        reference="helpers.odeint_adjoint" if reference_adjoint else "helpers.odeint", f_us_one_row=f_us[1], f_us_batch=f_us[args.batch],
     )
     table = format_table(header, rows)
     print(table)
@@ -202,16 +223,19 @@ def format_table(header, rows):
         f"others), batch {header['batch']}, {header['dtype']}, {header['method']} rtol = atol = {header['rtol']:g}, "
         f"T = {header['T']:g} (outputs every {header['T'] / (header['n_times'] - 1):g}), loss mean(z(T)^2). Device: {header['device']} ({header['device_type']}), threads "
         f"{header['threads']}, torch {header['torch']}, torchdiffeq {header['torchdiffeq']}; {header['repeats']} "
-        "rounds of alternating runs.",
+        f"rounds of alternating runs. One call of f: {header['f_us_one_row']:.0f} µs on one row, "
+        f"{header['f_us_batch']:.0f} µs on all {header['batch']}.",
         "",
-        "| batch | gradient | solver | ms fwd+bwd | ratio vs torchdiffeq | NFE fwd/bwd | sample-evals fwd/bwd "
+        "| batch | gradient | solver | ms fwd+bwd | ratio vs torchdiffeq | ratio vs helpers shared | NFE fwd/bwd "
+        "| sample-evals fwd/bwd "
         "| steps median sample fwd/bwd | steps slowest sample fwd/bwd | grad rel. diff vs torchdiffeq "
         "| grad rel. diff vs reference |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['batch']} | {r['mode']} | {r['solver']} | {r['ms']:.1f} | {r['ratio_vs_torchdiffeq']:.2f} | "
+            f"{'-' if r['ratio_vs_shared'] is None else format(r['ratio_vs_shared'], '.2f')} | "
             f"{r['nfe_forward']}/{_fmt(r['nfe_backward'])} | "
             f"{r['sample_evals_forward']}/{_fmt(r['sample_evals_backward'])} | "
             f"{_fmt(r['steps_median_forward'])}/{_fmt(r['steps_median_backward'])} | "
@@ -222,7 +246,7 @@ def format_table(header, rows):
     lines.append(
         "NFE counts calls of f (each on the rows still being integrated); sample-evaluations count the rows "
         "those calls evaluated. Steps are accepted steps (shared solvers: every sample takes the batch's steps; "
-        "torchdiffeq does not report them). The reference is helpers.odeint in float64 at rtol = atol = 1e-10 "
+        f"torchdiffeq does not report them). The reference is {header.get('reference', 'helpers.odeint')} in float64 at rtol = atol = 1e-10 "
         f"with shared steps. Whole run: {header['seconds']:.0f} s."
     )
     return "\n".join(lines) + "\n"
