@@ -118,3 +118,49 @@ def test_backprop_keeps_single_compiled_steps(monkeypatch):
     ys = helpers.odeint(func, y0, t, method="dopri5", rtol=1e-6, atol=1e-8, compiled=True)
     ys.sum().backward()
     assert calls["adaptive loop"] == 0 and calls["step"] > 0
+
+
+# run in a fresh process: the whole-solve adjoint of problem(), compiled, then inductor's
+# on-disk cache counters and the gradients
+_CACHE_RUN = """
+import json, torch
+from torch._dynamo.utils import counters
+import helpers
+from tests.test_compiled_loops import adjoint_run, problem
+func, y0, t = problem()
+kw = dict(method="dopri5", rtol=1e-7, atol=1e-9)
+_, grads, _ = adjoint_run(func, y0, t, True, **kw)
+_, eager, _ = adjoint_run(func, y0, t, False, **kw)
+print(json.dumps(dict(
+    counts={k: v for k, v in counters["inductor"].items() if k.startswith("fxgraph_cache")},
+    grads=[g.tolist() for g in grads], eager=[g.tolist() for g in eager])))
+"""
+
+
+@pytest.mark.skipif(not LOOPS, reason="this torch compiles a call per step, no while_loop")
+def test_a_later_process_takes_the_loops_from_inductors_disk_cache(tmp_path):
+    """compile_options marks while_loop cacheable: a second process compiles nothing anew, and
+    its gradients are the first process's bit for bit."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"), PYTHONPATH=str(root))
+    runs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", _CACHE_RUN], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert first["counts"].get("fxgraph_cache_miss", 0) > 0
+    assert second["counts"].get("fxgraph_cache_hit", 0) > 0
+    assert second["counts"].get("fxgraph_cache_miss", 0) == 0, second["counts"]
+    assert second["counts"].get("fxgraph_cache_bypass", 0) == 0, second["counts"]
+    assert second["grads"] == first["grads"]
+    eager = [torch.tensor(g, dtype=F64) for g in first["eager"]]
+    warm = [torch.tensor(g, dtype=F64) for g in second["grads"]]
+    assert max(rel_err(a, b) for a, b in zip(warm, eager)) < 1e-6
