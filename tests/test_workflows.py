@@ -64,3 +64,12 @@ def test_torch_comes_from_the_cpu_index():
     env = load()["env"]
     assert env["PIP_EXTRA_INDEX_URL"].rstrip("/").endswith("download.pytorch.org/whl/cpu")
     assert env["PIP_INDEX_URL"].rstrip("/").endswith("/simple") and "pytorch" not in env["PIP_INDEX_URL"]
+
+
+def test_pull_requests_install_what_the_tests_need_before_running_them():
+    """The browser, PDF and compiled-mode tests fail without chromium, poppler and g++ (.ci/run
+    installs them here; the runner gets them in a step before the test command)."""
+    lines = run_lines(load()["jobs"]["test"])
+    for needed in ("poppler-utils", "g++", "/usr/local/bin/chromium"):
+        assert needed in lines
+        assert lines.index(needed) < lines.index("./run test")
