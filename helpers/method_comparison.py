@@ -29,7 +29,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Hashable, Mapping, Optional, Sequence
 
 import torch
 
@@ -52,7 +52,9 @@ class Measurement:
     while torch runs on one thread, that of the calling thread alone (``time.thread_time``: the
     work itself, which neither other programs on a busy machine nor other threads of the same
     process, such as a test runner's, inflate), otherwise the whole process's
-    (``time.process_time``);
+    (``time.process_time``); `fastest_cpu`, the shortest of those processor times (a busy or
+    virtual machine only ever adds to a run's time, so the shortest is the steadiest estimate of
+    the work itself);
     `kept_bytes`, the bytes the forward pass keeps for the backward pass; `error`, the relative
     error ``|g - reference| / |reference|`` of the gradient (``nan`` without a reference);
     `nfe_forward`, `nfe_backward`, the evaluations of the field (backward: of the augmented
@@ -66,6 +68,7 @@ class Measurement:
     seconds: float
     fastest: float
     cpu: float
+    fastest_cpu: float
     kept_bytes: int
     error: float
     nfe_forward: int
@@ -211,8 +214,8 @@ def measure(method: str, func: Callable, y0: torch.Tensor, t: torch.Tensor,
     - `reference`: the gradient to compare with (a flat row of ``p`` entries), e.g. from a
       closed form or from backprop at a tight tolerance; ``None`` gives ``error = nan``.
     - `repeats`: how many timed runs (forward and backward); the median and the shortest
-      wall time and the median processor time are reported. Garbage collection is paused
-      during the runs, as ``timeit`` pauses it.
+      wall time and the median and the shortest processor time are reported. Garbage
+      collection is paused during the runs, as ``timeit`` pauses it.
     - `memory`: measure the bytes kept (one more forward pass); ``False`` reports ``-1``.
 
     **Returns:** a :class:`Measurement`.
@@ -244,9 +247,42 @@ def measure(method: str, func: Callable, y0: torch.Tensor, t: torch.Tensor,
         error = ((g - reference).norm() / reference.norm()).item()
     return Measurement(
         method=method, seconds=statistics.median(seconds), fastest=min(seconds),
-        cpu=statistics.median(cpu),
+        cpu=statistics.median(cpu), fastest_cpu=min(cpu),
         kept_bytes=kept_bytes(method, func, y0, t, loss, **args) if memory else -1, error=error,
         nfe_forward=stats.nfe_forward, nfe_backward=stats.nfe_backward)
+
+
+def fastest_of_rounds(cases: Mapping[Hashable, Callable[[], Measurement]], *,
+                      rounds: int = 5) -> dict:
+    """Each case's fastest measurement, over rounds that each run every case once.
+
+    A shared or virtual machine has slow spells, seconds long, in which even the processor time
+    of one thread doubles (the hypervisor's stolen time is counted as the thread's). Repeats run
+    back to back fall into the same spell; interleaved, one round per pass over all the cases,
+    each case's repeats are spread over the whole sweep, and its fastest round escapes the spells.
+
+    **Arguments:**
+
+    - `cases`: a key (e.g. ``(method, width)``) to a function of no arguments that measures
+      once, e.g. ``functools.partial(measure, method, func, y0, t, loss, repeats=1)``.
+    - `rounds`: how many passes over all the cases.
+
+    **Returns:** a ``dict`` from each key to the :class:`Measurement` with the least processor
+    time ``cpu`` over the rounds.
+
+    Introduced in the chapter "Choosing a gradient method, by measurement".
+    """
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+    best: dict = {}
+    for _ in range(rounds):
+        for key, run in cases.items():
+            r = run()
+            if not isinstance(r, Measurement):
+                raise TypeError(f"cases[{key!r}] must return a Measurement, got {type(r).__name__}")
+            if key not in best or r.cpu < best[key].cpu:
+                best[key] = r
+    return best
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence], width: int = 68) -> str:

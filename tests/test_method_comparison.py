@@ -16,6 +16,7 @@ import torch
 from helpers.method_comparison import (
     GRADIENT_METHODS,
     Measurement,
+    fastest_of_rounds,
     format_table,
     gradient,
     kept_bytes,
@@ -109,11 +110,52 @@ def test_kept_bytes_grow_with_steps_for_backprop_and_the_discrete_adjoint_only()
     assert 4 * 2 * 8 <= per_step <= 8 * 2 * 8
 
 
+def _timed(cpu: float) -> Measurement:
+    return Measurement(method="backprop", seconds=cpu, fastest=cpu, cpu=cpu, fastest_cpu=cpu,
+                       kept_bytes=-1, error=float("nan"), nfe_forward=1, nfe_backward=0)
+
+
+def test_fastest_of_rounds_interleaves_the_cases_and_keeps_each_ones_fastest():
+    calls = []
+    # a slow spell covers the first two runs: back to back, both of a's runs would fall in it
+    clock = iter([9.0, 9.0, 1.0, 2.0, 3.0, 5.0])
+
+    def case(key):
+        def run():
+            calls.append(key)
+            return _timed(next(clock))
+        return run
+
+    best = fastest_of_rounds({"a": case("a"), "b": case("b")}, rounds=3)
+    assert calls == ["a", "b"] * 3
+    assert best["a"].cpu == 1.0 and best["b"].cpu == 2.0
+    # and it measures the real thing: one run of a real measurement per round
+    f, z0, t, loss, exact = exponential()
+    cases = {m: (lambda m=m: measure(m, f, z0, t, loss, reference=exact, repeats=1,
+                                     solver=RK4, memory=False))
+             for m in ("backprop", "backsolve")}
+    found = fastest_of_rounds(cases, rounds=2)
+    assert set(found) == {"backprop", "backsolve"}
+    assert all(r.error < 1e-9 and r.cpu > 0 for r in found.values())
+
+
+@pytest.mark.parametrize("rounds", [0, -1, 1.5, "3"])
+def test_fastest_of_rounds_rejects_a_bad_number_of_rounds(rounds):
+    with pytest.raises(ValueError, match="rounds must be a positive integer"):
+        fastest_of_rounds({"a": lambda: _timed(1.0)}, rounds=rounds)
+
+
+def test_fastest_of_rounds_names_a_case_that_returns_no_measurement():
+    with pytest.raises(TypeError, match=r"cases\['a'\] must return a Measurement, got float"):
+        fastest_of_rounds({"a": lambda: 1.0}, rounds=1)
+
+
 def test_measure_reports_time_memory_error_and_work():
     f, z0, t, loss, exact = exponential()
     r = measure("backsolve", f, z0, t, loss, reference=exact, repeats=2, solver=RK4)
     assert isinstance(r, Measurement) and r.method == "backsolve"
     assert 0 < r.fastest <= r.seconds and r.cpu > 0 and r.kept_bytes > 0
+    assert 0 < r.fastest_cpu <= r.cpu
     assert r.error < 1e-9
     assert r.nfe_forward == 400 and r.nfe_backward == 400  # 100 rk4 steps each way
     r = measure("discrete", f, z0, t, loss, repeats=1, solver=RK4, memory=False)

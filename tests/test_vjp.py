@@ -2,13 +2,16 @@
 products written out by hand; time_call returns sensible numbers (its values are not asserted)."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
 from helpers import AugmentedDynamics
 from helpers.models import MLP, Spiral
 from helpers.problems import LinearODE
-from helpers.vjp import jacobians, time_call, vjp_autograd, vjp_func, vjp_via_jacobian
+from helpers.vjp import (jacobians, time_call, time_calls, vjp_autograd, vjp_func,
+                         vjp_via_jacobian)
 
 F64 = torch.float64
 ROUTES = [vjp_autograd, vjp_func, vjp_via_jacobian]
@@ -123,3 +126,21 @@ def test_time_call():
     assert len(calls) > 2 + 1 + 3  # warm-up, calibration and at least one call per repeat
     with pytest.raises(ValueError):
         time_call(lambda: None, repeats=0)
+
+
+def test_time_calls_measures_the_functions_in_turns():
+    order = []
+
+    def mark(key, seconds):
+        def fn():
+            order.append(key)
+            time.sleep(seconds)
+        return fn
+
+    t = time_calls({"short": mark("short", 1e-3), "long": mark("long", 4e-3)}, repeats=3,
+                   min_time=0.0, warmup=0)
+    assert 3.5e-3 < t["long"] < 0.1 and 0.5e-3 < t["short"] < t["long"] / 2
+    # calibration (one call each), then the rounds alternate rather than run back to back
+    assert order == ["short", "long"] + ["short", "long"] * 3
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        time_calls({"a": lambda: None}, repeats=0)
