@@ -2,9 +2,10 @@
 
 With the shared step of :mod:`helpers.solve`, the error norm runs over the whole batch, so one
 stiff sample forces every sample to take its small steps. ``options={"per_sample_steps": True}``
-(for the adaptive methods ``dopri5`` and ``bosh3``, in ``odeint``, ``odeint_adjoint`` and its
-``adjoint_options``; the backward solve inherits it from ``options`` when it uses the forward
-method) treats the batch as independent problems instead:
+(for the adaptive FSAL methods with dense output, ``dopri5``, ``bosh3``, ``adaptive_heun`` and
+``fehlberg2``, in ``odeint``, ``odeint_adjoint`` and its ``adjoint_options``; the backward solve
+inherits it from ``options`` when it uses the forward method) treats the batch as independent
+problems instead:
 
 - The batch is dimension 0 of ``y0``, which must have at least 2 dimensions. Each sample (row)
   has its own current time, step size and accept/reject decision; its error norm is the RMS over
@@ -74,7 +75,7 @@ def check_per_sample(y0: torch.Tensor, settings: SolverSettings, argument: str) 
     key = f"{argument}['per_sample_steps']"
     tab = settings.tableau
     if not tab.adaptive or not tab.fsal or tab.dense is None:
-        raise ValueError(f"{key} needs an adaptive FSAL method with dense output (dopri5 or bosh3), got {tab.name!r}")
+        raise ValueError(f"{key} needs an adaptive FSAL method with dense output (dopri5, bosh3, adaptive_heun or fehlberg2), got {tab.name!r}")
     if y0.dim() < 2:
         raise ValueError(
             f"{key}=True needs a batch: y0 must have at least 2 dimensions with the samples along "
