@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import functools
 import http.server
+import json
 import pathlib
 import re
 import shutil
@@ -79,6 +80,37 @@ def sources() -> list[pathlib.Path]:
     return found
 
 
+def _links_keep_their_page() -> None:
+    """Keep the page of the book in each link to a section of another page.
+
+    Sphinx's ``singlehtml`` builder rewrites such a link, ``#document-PAGE#ID``, as
+    ``ROOT.html#ID``, and ids such as "summary" or "exercises" recur from page to page, so the
+    link could only go to the first of them. Here it becomes ``ROOT.html#ID|PAGE``; the page is
+    read back before printing (``PREPARE``), which points the link at the ``ID`` in ``PAGE``.
+    """
+    from sphinx.builders.singlehtml import SingleFileHTMLBuilder
+
+    if getattr(SingleFileHTMLBuilder.fix_refuris, "_keeps_page", False):
+        return
+
+    def fix_refuris(self, tree) -> None:
+        from docutils import nodes
+
+        fname = self.config.root_doc + self.out_suffix
+        for refnode in tree.findall(nodes.reference):
+            refuri = refnode.get("refuri", "")
+            first = refuri.find("#")
+            second = refuri.find("#", first + 1) if first >= 0 else -1
+            if second < 0:
+                continue
+            page = refuri[first + 1:second]
+            page = page[len("document-"):] if page.startswith("document-") else ""
+            refnode["refuri"] = fname + refuri[second:] + (f"|{page}" if page else "")
+
+    fix_refuris._keeps_page = True
+    SingleFileHTMLBuilder.fix_refuris = fix_refuris
+
+
 def _html_handlers_for_singlehtml() -> None:
     """Give the ``singlehtml`` builder the HTML handlers of every extension's nodes.
 
@@ -118,6 +150,7 @@ def build_singlehtml(*, strict: bool = True) -> None:
     from jupyter_book.sphinx import build_sphinx
 
     _html_handlers_for_singlehtml()
+    _links_keep_their_page()
     path_config, source, overrides = build.callback(
         path_source=str(ROOT), path_output=None, config=None, toc=None, warningiserror=strict,
         nitpick=False, keep_going=True, freshenv=False, builder="singlehtml",
@@ -214,17 +247,18 @@ PREPARE = r"""(book) => {
     section.prepend(mark);
   }
   // Sphinx makes ids unique within a page, not across the book ("summary", "exercises", "id2"
-  // recur): a link to such an id goes to the occurrence in its own page of the book, which is
-  // renamed to be unique; between pages the first occurrence is all there is to go by
+  // recur): a link to such an id goes to the occurrence in the page it names (the build keeps
+  // it as "#ID|PAGE") or else in its own page of the book, which is renamed to be unique
   const byId = {};
   for (const el of article.querySelectorAll('[id]')) (byId[el.id] = byId[el.id] || []).push(el);
   const home = (el) => el.closest('section.pdf-chapter');
-  let ambiguous = 0;
-  const resolve = (a, target) => {
+  let ambiguous = 0, elsewhere = 0;
+  const resolve = (a, target, page) => {
     const all = byId[target];
     if (!all || all.length < 2) return target;
-    const own = all.find(el => home(el) === home(a));
+    const own = all.find(el => home(el) === (page || home(a)));
     if (!own) { ambiguous += 1; return target; }
+    if (page && page !== home(a)) elsewhere += 1;
     if (own === all[0]) return target;
     if (!own.dataset.pdfId) own.dataset.pdfId = own.id = target + '--' + all.indexOf(own);
     return own.id;
@@ -240,12 +274,18 @@ PREPARE = r"""(book) => {
     const hash = href.indexOf('#');
     if (hash < 0) { a.removeAttribute('href'); continue; }
     let target = decodeURIComponent(href.slice(hash + 1));
+    let page = null;
+    const bar = target.lastIndexOf('|');
+    if (bar >= 0) {
+      page = starts[target.slice(bar + 1)] || null;
+      target = target.slice(0, bar);
+    }
     if (target.startsWith('document-')) {
       const name = target.slice('document-'.length);
       target = anchor(name) || target;
     }
     if (target && document.getElementById(target)) {
-      a.setAttribute('href', '#' + resolve(a, target));
+      a.setAttribute('href', '#' + resolve(a, target, page));
     } else if (target) {
       missing.push(href);
     }
@@ -286,7 +326,7 @@ PREPARE = r"""(book) => {
   }
   front.append(contents);
   article.prepend(front);
-  return {chapters: Object.keys(starts), missing, absent, ambiguous,
+  return {chapters: Object.keys(starts), missing, absent, ambiguous, elsewhere,
           titles: [book.root].concat(...book.parts.map(p => p.files)).map(title)};
 }"""
 
@@ -412,8 +452,11 @@ def main(argv=None) -> int:
     for problem in found["missing"]:
         print(f"warning: a link whose target is not in the book: {problem}", file=sys.stderr)
     if found["ambiguous"]:
-        print(f"note: {found['ambiguous']} links name an id that several pages of the book use "
-              "and none in their own page; they go to the first", file=sys.stderr)
+        print(f"warning: {found['ambiguous']} links name an id that several pages of the book use "
+              "and none in the page they came from; they go to the first", file=sys.stderr)
+    # what the links came to, beside the PDF, for tests/test_pdf.py
+    links = {k: found[k] for k in ("ambiguous", "elsewhere")} | {"missing": len(found["missing"])}
+    out.with_suffix(".links.json").write_text(json.dumps(links, indent=1) + "\n")
     for name in found["absent"]:
         print(f"error: {name} is in _toc.yml but not in the single-page build", file=sys.stderr)
     for problem in found["failed"] + found["broken_images"]:

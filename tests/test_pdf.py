@@ -231,6 +231,19 @@ def test_cross_references_are_links_that_land(pdf, raw):
     assert not landing_nowhere, f"links to destinations the PDF lacks: {landing_nowhere[:10]}"
 
 
+def test_links_to_a_recurring_section_land_in_the_page_they_name(pdf):
+    """Ids such as "summary" and "exercises" recur from page to page; a link from one page to
+    another's goes to that page's (scripts/build_pdf.py keeps the page the build names), never
+    to the first in the book. The build writes what became of the links beside the PDF."""
+    report = pdf.with_suffix(".links.json")
+    if not report.exists():
+        pytest.skip(f"no {report.name} beside {pdf.name}: it comes from scripts/build_pdf.py")
+    links = json.loads(report.read_text())
+    assert links["ambiguous"] == 0, f"{links['ambiguous']} links went to the first of their ids"
+    assert links["missing"] == 0
+    assert links["elsewhere"] > 0, "no link to a recurring id in another page: the check saw none"
+
+
 def test_the_html_book_links_the_pdf():
     """The HTML book's first page links book.pdf beside its pages, where the workflow puts it."""
     html = pathlib.Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html"))
