@@ -256,10 +256,10 @@ def fastest_of_rounds(cases: Mapping[Hashable, Callable[[], Measurement]], *,
                       rounds: int = 5) -> dict:
     """Each case's fastest measurement, over rounds that each run every case once.
 
-    A shared or virtual machine has slow spells, seconds long, in which even the processor time
-    of one thread doubles (the hypervisor's stolen time is counted as the thread's). Repeats run
-    back to back fall into the same spell; interleaved, one round per pass over all the cases,
-    each case's repeats are spread over the whole sweep, and its fastest round escapes the spells.
+    A shared or virtual machine has slow spells in which even the processor time of one thread
+    grows (time the host takes away is counted as the thread's). Repeats run back to back fall
+    into the same spell; interleaved, one round per pass over all the cases, each case's repeats
+    are spread over the whole sweep, and its fastest round escapes the spells.
 
     **Arguments:**
 

@@ -156,8 +156,8 @@ def time_calls(fns: Mapping[Hashable, Callable[[], object]], *, repeats: int = 5
     """The median wall-clock time of one call of each of several functions, measured in turns.
 
     As :func:`time_call`, but the measurements alternate: each round measures every function
-    once, so a slow spell of a shared machine (seconds long) falls on all of them alike instead
-    of on whichever was being timed then, and ratios of the results keep steady.
+    once, so a slow spell of a shared machine falls on all of them alike instead of on whichever
+    was being timed then, and ratios of the results keep steady.
 
     **Arguments:** `fns`, a key to a function of no arguments; the rest as for
     :func:`time_call`.
